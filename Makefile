@@ -1,0 +1,47 @@
+# kvroute: `make demo` shows it working, `make test` proves it.
+SHELL := /bin/bash
+CARGO ?= cargo
+export CARGO_TERM_COLOR ?= never
+# One place for every build artefact.
+export CARGO_TARGET_DIR ?= $(CURDIR)/target
+# End-to-end tests start the real Envoy installed by scripts/setup-envoy.sh.
+export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
+# Two cores: keep test parallelism sane, end-to-end tests start processes.
+TEST_THREADS ?= 2
+
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --bins
+
+## The main job: real Envoy + kvroute + simulated engines + a shared-prefix workload.
+demo: setup
+	scripts/demo.sh
+
+## Everything a fresh clone needs to pass; installs what it needs first.
+test: setup fmt-check clippy wasm-check unit
+
+setup:
+	scripts/setup-envoy.sh >/dev/null
+	scripts/setup-wasm.sh
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+wasm-check:
+	scripts/build-wasm.sh kvroute-core
+
+unit: build
+	$(CARGO) nextest run --workspace --test-threads $(TEST_THREADS) --no-fail-fast
+	$(CARGO) test --workspace --doc
+
+bench:
+	$(CARGO) bench -p kvroute-core
+
+clean:
+	$(CARGO) clean

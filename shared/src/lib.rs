@@ -1,0 +1,27 @@
+//! `kvroute-core`: the sans-IO routing core of kvroute.
+//!
+//! This crate owns every routing decision. It performs no I/O, spawns no threads and reads no
+//! clock or entropy of its own: the shells (the ext_proc gRPC service and the proxy-wasm filter)
+//! feed it request bodies, worker events and the current time, and act on what it returns.
+//! It compiles for `wasm32-unknown-unknown` as well as natively.
+//!
+//! The path of one request:
+//! 1. [`request::parse_request`] turns the route and the body into a [`request::ParsedRequest`].
+//! 2. [`router::Router::route`] filters the [`worker::WorkerSet`] down to healthy workers serving
+//!    the model (and the proxy's subset hint), asks the model's [`policy::Policy`] to rank them,
+//!    counts the request in flight and returns the ordered endpoint list with a [`router::Ticket`].
+//! 3. When the response ends (or fails, or is reset) the shell hands the ticket back to
+//!    [`router::Router::complete`], which releases the in-flight count exactly once.
+
+pub mod error;
+pub mod policy;
+pub mod prefix_index;
+pub mod request;
+pub mod router;
+pub mod worker;
+
+pub use error::{OpenAiError, RouteError};
+pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
+pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
+pub use router::{Routed, Router, RouterConfig, Ticket};
+pub use worker::{EngineKind, LoadReport, Worker, WorkerId, WorkerSet, WorkerSpec};

@@ -1,0 +1,209 @@
+//! Routing policies: one trait, one file per policy, all built by name from config.
+
+mod bucket;
+mod cache_aware;
+mod consistent_hash;
+mod least_request;
+mod manual;
+mod power_of_two;
+mod prefix_hash;
+mod random;
+mod round_robin;
+
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+
+use crate::request::RouteRequest;
+use crate::worker::{Worker, WorkerId};
+
+pub use bucket::{BucketConfig, BucketPolicy};
+pub use cache_aware::{CacheAwareConfig, CacheAwarePolicy};
+pub use consistent_hash::{ConsistentHashConfig, ConsistentHashPolicy};
+pub use least_request::LeastRequestPolicy;
+pub use manual::{ManualConfig, ManualPolicy};
+pub use power_of_two::PowerOfTwoPolicy;
+pub use prefix_hash::{PrefixHashConfig, PrefixHashPolicy};
+pub use random::RandomPolicy;
+pub use round_robin::RoundRobinPolicy;
+
+/// What a policy may use besides the request and the candidates: the shell's clock and the
+/// router's seeded random source (so decisions are reproducible in tests).
+pub struct PolicyEnv<'a> {
+    /// Current time in milliseconds on the shell's clock.
+    pub now_ms: u64,
+    /// Random source; seeded by the router.
+    pub rng: &'a mut dyn RngCore,
+}
+
+/// A policy's answer: candidates ranked best first (the first is the choice, the rest are the
+/// ordered fallback list), plus what the decision saw.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pick {
+    /// Ranked worker ids; non-empty, each one of the candidates, no repeats.
+    pub ranked: Vec<WorkerId>,
+    /// Share of the prompt already cached on the first choice, for policies that know it.
+    pub prefix_match: Option<f32>,
+}
+
+/// A routing policy.
+///
+/// The router calls [`Policy::pick`] with a non-empty list of candidates that are healthy, not
+/// draining, serve the request's model and are in the proxy's subset. The policy ranks them.
+pub trait Policy: Send {
+    /// The policy's config name (`cache_aware`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Ranks `candidates` for `req`. Must return a non-empty ranking of candidate ids.
+    fn pick(
+        &mut self,
+        req: &RouteRequest<'_>,
+        candidates: &[&Worker],
+        env: &mut PolicyEnv<'_>,
+    ) -> Pick;
+
+    /// A worker left the set: forget everything about it.
+    fn worker_removed(&mut self, _id: WorkerId) {}
+}
+
+/// A policy and its parameters, as written in config (`name: cache_aware` plus fields).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "name", rename_all = "snake_case")]
+pub enum PolicyConfig {
+    /// Uniformly random.
+    Random,
+    /// Strict rotation.
+    RoundRobin,
+    /// Two random candidates, the less loaded wins.
+    PowerOfTwo,
+    /// Fewest requests in flight, random tie-break.
+    LeastRequest,
+    /// Approximate prefix tree over prompt text with a load-imbalance guard.
+    CacheAware(CacheAwareConfig),
+    /// Session affinity on a consistent-hash ring with bounded load.
+    ConsistentHash(ConsistentHashConfig),
+    /// Hash of the first K prefix blocks on a consistent-hash ring.
+    PrefixHash(PrefixHashConfig),
+    /// Requests bucketed by prompt length, each bucket owned by a worker.
+    Bucket(BucketConfig),
+    /// Sticky routing on an explicit routing key.
+    Manual(ManualConfig),
+}
+
+impl Default for PolicyConfig {
+    fn default() -> PolicyConfig {
+        PolicyConfig::CacheAware(CacheAwareConfig::default())
+    }
+}
+
+impl PolicyConfig {
+    /// All policy names, for help texts and errors.
+    pub const NAMES: &'static [&'static str] = &[
+        "random",
+        "round_robin",
+        "power_of_two",
+        "least_request",
+        "cache_aware",
+        "consistent_hash",
+        "prefix_hash",
+        "bucket",
+        "manual",
+    ];
+
+    /// The policy of that name with default parameters.
+    pub fn from_name(name: &str) -> Option<PolicyConfig> {
+        Some(match name {
+            "random" => PolicyConfig::Random,
+            "round_robin" => PolicyConfig::RoundRobin,
+            "power_of_two" => PolicyConfig::PowerOfTwo,
+            "least_request" => PolicyConfig::LeastRequest,
+            "cache_aware" => PolicyConfig::CacheAware(CacheAwareConfig::default()),
+            "consistent_hash" => PolicyConfig::ConsistentHash(ConsistentHashConfig::default()),
+            "prefix_hash" => PolicyConfig::PrefixHash(PrefixHashConfig::default()),
+            "bucket" => PolicyConfig::Bucket(BucketConfig::default()),
+            "manual" => PolicyConfig::Manual(ManualConfig::default()),
+            _ => return None,
+        })
+    }
+
+    /// The config name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PolicyConfig::Random => "random",
+            PolicyConfig::RoundRobin => "round_robin",
+            PolicyConfig::PowerOfTwo => "power_of_two",
+            PolicyConfig::LeastRequest => "least_request",
+            PolicyConfig::CacheAware(_) => "cache_aware",
+            PolicyConfig::ConsistentHash(_) => "consistent_hash",
+            PolicyConfig::PrefixHash(_) => "prefix_hash",
+            PolicyConfig::Bucket(_) => "bucket",
+            PolicyConfig::Manual(_) => "manual",
+        }
+    }
+
+    /// Builds the policy.
+    pub fn build(&self) -> Box<dyn Policy> {
+        match self {
+            PolicyConfig::Random => Box::new(RandomPolicy),
+            PolicyConfig::RoundRobin => Box::new(RoundRobinPolicy::default()),
+            PolicyConfig::PowerOfTwo => Box::new(PowerOfTwoPolicy),
+            PolicyConfig::LeastRequest => Box::new(LeastRequestPolicy),
+            PolicyConfig::CacheAware(c) => Box::new(CacheAwarePolicy::new(c.clone())),
+            PolicyConfig::ConsistentHash(c) => Box::new(ConsistentHashPolicy::new(c.clone())),
+            PolicyConfig::PrefixHash(c) => Box::new(PrefixHashPolicy::new(c.clone())),
+            PolicyConfig::Bucket(c) => Box::new(BucketPolicy::new(c.clone())),
+            PolicyConfig::Manual(c) => Box::new(ManualPolicy::new(c.clone())),
+        }
+    }
+}
+
+/// Ranks candidates by ascending load, `first` (if given) pinned at the head. Ties keep the
+/// candidates' order. Shared by policies that pick one worker and fall back to the least loaded.
+pub fn rank_with_first(first: Option<WorkerId>, candidates: &[&Worker]) -> Vec<WorkerId> {
+    let mut rest: Vec<&Worker> = candidates
+        .iter()
+        .copied()
+        .filter(|w| Some(w.id) != first)
+        .collect();
+    rest.sort_by_key(|w| w.load());
+    first.into_iter().chain(rest.iter().map(|w| w.id)).collect()
+}
+
+/// Helpers for policy unit tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    use rand::SeedableRng;
+    use rand::rngs::SmallRng;
+
+    use crate::request::{Prompt, RouteRequest};
+    use crate::worker::{Worker, WorkerId, WorkerSpec};
+
+    /// `n` healthy idle workers at 10.0.0.i:8000 with ids 0..n.
+    pub fn workers(n: u32) -> Vec<Worker> {
+        (0..n)
+            .map(|i| Worker {
+                id: WorkerId(i),
+                spec: WorkerSpec::new(format!("10.0.0.{i}:8000")),
+                healthy: true,
+                draining: false,
+                in_flight: 0,
+                load: None,
+            })
+            .collect()
+    }
+
+    /// A seeded random source.
+    pub fn env_rng() -> SmallRng {
+        SmallRng::seed_from_u64(7)
+    }
+
+    /// A request for model `m` with `prompt`.
+    pub fn request<'a>(prompt: &'a Prompt<'a>) -> RouteRequest<'a> {
+        RouteRequest {
+            model: "m",
+            prompt,
+            lora: None,
+            cache_salt: None,
+            session_key: None,
+        }
+    }
+}

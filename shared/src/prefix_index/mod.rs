@@ -1,0 +1,1 @@
+//! The approximate prefix index (placeholder being replaced).

@@ -1,0 +1,1 @@
+//! Chat prompt rendering (placeholder being replaced).

@@ -1,0 +1,262 @@
+//! The router: the worker set, one policy per model, and in-flight accounting.
+//!
+//! This is the sans-IO state machine both shells drive. It is `Send` but not shared: the
+//! ext_proc service keeps it behind a mutex, the wasm filter owns one per VM.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use serde::{Deserialize, Serialize};
+
+use crate::error::RouteError;
+use crate::policy::{Policy, PolicyConfig, PolicyEnv};
+use crate::request::RouteRequest;
+use crate::worker::{LoadReport, Worker, WorkerId, WorkerSet, WorkerSpec};
+
+/// Router settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Policy for every model without its own entry in `model_policies`.
+    pub policy: PolicyConfig,
+    /// Per-model policy overrides, keyed by model name.
+    pub model_policies: BTreeMap<String, PolicyConfig>,
+    /// Length of the endpoint list returned to the proxy: the choice plus ordered fallbacks.
+    pub max_endpoints: usize,
+    /// A worker with this many requests in flight receives no more; when every candidate is
+    /// full the request is shed with 429. `None`: no limit.
+    pub max_in_flight_per_worker: Option<u32>,
+}
+
+impl Default for RouterConfig {
+    fn default() -> RouterConfig {
+        RouterConfig {
+            policy: PolicyConfig::default(),
+            model_policies: BTreeMap::new(),
+            max_endpoints: 3,
+            max_in_flight_per_worker: None,
+        }
+    }
+}
+
+/// Proof that a request is in flight on a worker. Not `Clone`: handing it back to
+/// [`Router::complete`] consumes it, so a request is released at most once.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a ticket must be handed back to Router::complete when the request ends"]
+pub struct Ticket {
+    worker: WorkerId,
+}
+
+impl Ticket {
+    /// The worker the request is counted on.
+    pub fn worker(&self) -> WorkerId {
+        self.worker
+    }
+}
+
+/// A routing decision.
+#[derive(Debug)]
+pub struct Routed {
+    /// In-flight proof; return it to [`Router::complete`].
+    pub ticket: Ticket,
+    /// Ordered `ip:port` list: the choice first, then fallbacks.
+    pub endpoints: Vec<String>,
+    /// Name of the policy that decided.
+    pub policy: &'static str,
+    /// Share of the prompt cached on the choice, when the policy knows it.
+    pub prefix_match: Option<f32>,
+}
+
+/// Workers, policies and in-flight accounting.
+pub struct Router {
+    config: RouterConfig,
+    workers: WorkerSet,
+    default_policy: Box<dyn Policy>,
+    model_policies: HashMap<String, Box<dyn Policy>>,
+    rng: SmallRng,
+    outstanding: u64,
+}
+
+impl Router {
+    /// A router with no workers; `seed` seeds every random choice.
+    pub fn new(config: RouterConfig, seed: u64) -> Router {
+        let default_policy = config.policy.build();
+        let model_policies = config
+            .model_policies
+            .iter()
+            .map(|(model, p)| (model.clone(), p.build()))
+            .collect();
+        Router {
+            config,
+            workers: WorkerSet::new(),
+            default_policy,
+            model_policies,
+            rng: SmallRng::seed_from_u64(seed),
+            outstanding: 0,
+        }
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RouterConfig {
+        &self.config
+    }
+
+    /// Every known worker.
+    pub fn workers(&self) -> &WorkerSet {
+        &self.workers
+    }
+
+    /// Requests routed and not yet completed.
+    pub fn outstanding(&self) -> u64 {
+        self.outstanding
+    }
+
+    /// Adds a worker or updates the spec of the one at the same address.
+    pub fn upsert_worker(&mut self, spec: WorkerSpec) -> WorkerId {
+        self.workers.upsert(spec).0
+    }
+
+    /// Removes a worker and purges it from every policy's state at once. Tickets still out for
+    /// it complete harmlessly.
+    pub fn remove_worker(&mut self, id: WorkerId) -> Option<Worker> {
+        let removed = self.workers.remove(id)?;
+        self.default_policy.worker_removed(id);
+        for p in self.model_policies.values_mut() {
+            p.worker_removed(id);
+        }
+        Some(removed)
+    }
+
+    /// Records a health-check verdict.
+    pub fn set_healthy(&mut self, id: WorkerId, healthy: bool) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.healthy = healthy;
+        }
+    }
+
+    /// Starts or stops draining a worker: a draining worker gets no new requests.
+    pub fn set_draining(&mut self, id: WorkerId, draining: bool) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.draining = draining;
+        }
+    }
+
+    /// Records (or clears, with `None`) the engine's own load report.
+    pub fn set_load(&mut self, id: WorkerId, load: Option<LoadReport>) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.load = load;
+        }
+    }
+
+    /// Chooses workers for `req`. `subset` is the proxy's subset hint (`ip:port` list): when
+    /// given, only those endpoints are eligible.
+    pub fn route(
+        &mut self,
+        req: &RouteRequest<'_>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Result<Routed, RouteError> {
+        let serves = |w: &Worker| req.model.is_empty() || w.spec.serves(req.model);
+        let mut any_serving = false;
+        let mut any_routable = false;
+        let mut any_in_subset = false;
+        let mut candidates: Vec<&Worker> = Vec::with_capacity(self.workers.len());
+        for w in self.workers.iter() {
+            if !serves(w) {
+                continue;
+            }
+            any_serving = true;
+            if !w.is_routable() {
+                continue;
+            }
+            any_routable = true;
+            if let Some(subset) = subset
+                && !subset.contains(&w.spec.address.as_str())
+            {
+                continue;
+            }
+            any_in_subset = true;
+            if let Some(cap) = self.config.max_in_flight_per_worker
+                && w.in_flight >= cap
+            {
+                continue;
+            }
+            candidates.push(w);
+        }
+        if candidates.is_empty() {
+            let model = req.model.to_owned();
+            return Err(if !any_serving {
+                RouteError::ModelNotFound { model }
+            } else if !any_routable {
+                RouteError::NoHealthyWorker { model }
+            } else if !any_in_subset {
+                RouteError::EmptySubset
+            } else {
+                RouteError::Overloaded
+            });
+        }
+
+        let policy = match self.model_policies.get_mut(req.model) {
+            Some(p) => p,
+            None => &mut self.default_policy,
+        };
+        let mut env = PolicyEnv {
+            now_ms,
+            rng: &mut self.rng,
+        };
+        let pick = policy.pick(req, &candidates, &mut env);
+        let policy_name = policy.name();
+        debug_assert!(
+            !pick.ranked.is_empty(),
+            "policy {policy_name} ranked nothing"
+        );
+        let first = pick.ranked.first().copied().unwrap_or(candidates[0].id);
+        let endpoints: Vec<String> = pick
+            .ranked
+            .iter()
+            .filter_map(|id| candidates.iter().find(|w| w.id == *id))
+            .take(self.config.max_endpoints.max(1))
+            .map(|w| w.spec.address.clone())
+            .collect();
+
+        let worker = self
+            .workers
+            .get_mut(first)
+            .expect("first choice is a candidate");
+        worker.in_flight += 1;
+        self.outstanding += 1;
+        Ok(Routed {
+            ticket: Ticket { worker: first },
+            endpoints,
+            policy: policy_name,
+            prefix_match: pick.prefix_match,
+        })
+    }
+
+    /// The proxy reported that the request was served by `address` (a retry may have walked
+    /// the fallback list): move the in-flight count there.
+    pub fn served_by(&mut self, ticket: &mut Ticket, address: &str) {
+        let Some(served) = self.workers.by_address(address).map(|w| w.id) else {
+            return;
+        };
+        if served == ticket.worker {
+            return;
+        }
+        if let Some(w) = self.workers.get_mut(ticket.worker) {
+            w.in_flight = w.in_flight.saturating_sub(1);
+        }
+        if let Some(w) = self.workers.get_mut(served) {
+            w.in_flight += 1;
+        }
+        ticket.worker = served;
+    }
+
+    /// The request ended (finished, failed, reset or abandoned): release its in-flight count.
+    pub fn complete(&mut self, ticket: Ticket) {
+        if let Some(w) = self.workers.get_mut(ticket.worker) {
+            w.in_flight = w.in_flight.saturating_sub(1);
+        }
+        self.outstanding = self.outstanding.saturating_sub(1);
+    }
+}
