@@ -14,6 +14,7 @@
 //!    [`router::Router::complete`], which releases the in-flight count exactly once.
 
 pub mod error;
+pub mod gateway;
 pub mod policy;
 pub mod prefix_index;
 pub mod request;
@@ -21,6 +22,7 @@ pub mod router;
 pub mod worker;
 
 pub use error::{OpenAiError, RouteError};
+pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
 pub use router::{Routed, Router, RouterConfig, Ticket};

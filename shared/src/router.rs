@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use rand::SeedableRng;
 use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::error::RouteError;
@@ -231,6 +231,52 @@ impl Router {
             endpoints,
             policy: policy_name,
             prefix_match: pick.prefix_match,
+        })
+    }
+
+    /// Chooses the least-loaded routable worker regardless of model (random tie-break), for
+    /// requests that are not routed by content. `subset` as in [`Router::route`].
+    pub fn route_any(
+        &mut self,
+        subset: Option<&[&str]>,
+        _now_ms: u64,
+    ) -> Result<Routed, RouteError> {
+        let in_subset = |w: &&Worker| subset.is_none_or(|s| s.contains(&w.spec.address.as_str()));
+        let candidates: Vec<&Worker> = self
+            .workers
+            .iter()
+            .filter(|w| w.is_routable())
+            .filter(in_subset)
+            .collect();
+        if candidates.is_empty() {
+            return Err(if self.workers.iter().any(Worker::is_routable) {
+                RouteError::EmptySubset
+            } else {
+                RouteError::NoHealthyWorker {
+                    model: String::new(),
+                }
+            });
+        }
+        let min = candidates.iter().map(|w| w.load()).min().unwrap_or(0);
+        let tied: Vec<&&Worker> = candidates.iter().filter(|w| w.load() == min).collect();
+        let first = tied[self.rng.random_range(0..tied.len())].id;
+        let ranked = crate::policy::rank_with_first(Some(first), &candidates);
+        let endpoints = ranked
+            .iter()
+            .take(self.config.max_endpoints.max(1))
+            .filter_map(|id| candidates.iter().find(|w| w.id == *id))
+            .map(|w| w.spec.address.clone())
+            .collect();
+        self.workers
+            .get_mut(first)
+            .expect("candidate exists")
+            .in_flight += 1;
+        self.outstanding += 1;
+        Ok(Routed {
+            ticket: Ticket { worker: first },
+            endpoints,
+            policy: "least_request",
+            prefix_match: None,
         })
     }
 

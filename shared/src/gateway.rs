@@ -1,0 +1,372 @@
+//! The per-request gateway flow both shells share: classify the request, parse the body, route,
+//! and turn the result into either a destination for the proxy or a local reply.
+//!
+//! The shells (ext_proc service, proxy-wasm filter) only translate their protocol into calls
+//! here and the [`Outcome`] back into protocol messages.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::OpenAiError;
+use crate::request::{ApiRoute, RequestError, parse_request};
+use crate::router::{Routed, Router};
+
+/// Header the Gateway API Inference Extension protocol uses for the chosen endpoints.
+pub const DEFAULT_DESTINATION_HEADER: &str = "x-gateway-destination-endpoint";
+/// Dynamic-metadata namespace of the endpoint-picker protocol.
+pub const DEFAULT_METADATA_NAMESPACE: &str = "envoy.lb";
+
+/// Settings of the request flow, shared by both shells.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Header carrying the chosen `ip:port` list (also the metadata key). Always removed from
+    /// client requests before anything else.
+    pub destination_header: String,
+    /// Dynamic-metadata namespace the destination is written to.
+    pub metadata_namespace: String,
+    /// Header whose value is the session key (wins over the body's `user` field).
+    pub session_header: String,
+    /// Largest request body accepted, in bytes (413 above).
+    pub max_body_bytes: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            destination_header: DEFAULT_DESTINATION_HEADER.to_owned(),
+            metadata_namespace: DEFAULT_METADATA_NAMESPACE.to_owned(),
+            session_header: "x-session-id".to_owned(),
+            max_body_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// How a request path is handled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// An inference API: the body is read and routed on.
+    Inference(ApiRoute),
+    /// `GET /v1/models`: answered from the router's own view of the fleet when it knows every
+    /// worker's models, else forwarded to one worker.
+    ListModels,
+    /// Anything else (`/health`, `/metrics`, `/tokenize`, ...): forwarded to the least-loaded
+    /// healthy worker without reading the body.
+    Other,
+}
+
+impl RequestKind {
+    /// Classifies a request by method and path.
+    pub fn classify(method: &str, path: &str) -> RequestKind {
+        if method.eq_ignore_ascii_case("GET") {
+            let bare = path.split(['?', '#']).next().unwrap_or(path);
+            if bare == "/v1/models" || bare == "/v1/models/" {
+                return RequestKind::ListModels;
+            }
+        }
+        if method.eq_ignore_ascii_case("POST")
+            && let Some(route) = ApiRoute::from_path(path)
+        {
+            return RequestKind::Inference(route);
+        }
+        RequestKind::Other
+    }
+}
+
+/// A reply the proxy sends itself, never reaching a worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalReply {
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body.
+    pub body: String,
+    /// `retry-after` seconds, for 429 and 503.
+    pub retry_after_secs: Option<u32>,
+}
+
+impl LocalReply {
+    fn error(status: u16, err: &OpenAiError, retry_after_secs: Option<u32>) -> LocalReply {
+        LocalReply {
+            status,
+            body: err.to_json(),
+            retry_after_secs,
+        }
+    }
+
+    /// The reply for a request-body error (400 or 413).
+    pub fn from_request_error(err: &RequestError) -> LocalReply {
+        LocalReply::error(err.status(), &err.to_openai(), None)
+    }
+}
+
+/// A routing decision ready for the proxy.
+#[derive(Debug)]
+pub struct Forward {
+    /// The decision, with its in-flight ticket.
+    pub routed: Routed,
+    /// The destination value: the ordered endpoint list joined with `,`.
+    pub destination: String,
+}
+
+/// What the shell must do with a request.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Send upstream to `destination` (header and metadata); release the ticket at the end.
+    Forward(Forward),
+    /// Answer locally.
+    Reply(LocalReply),
+}
+
+/// The request flow over a [`Router`].
+#[derive(Clone, Debug, Default)]
+pub struct Gateway {
+    config: GatewayConfig,
+}
+
+impl Gateway {
+    /// A gateway with these settings.
+    pub fn new(config: GatewayConfig) -> Gateway {
+        Gateway { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
+    }
+
+    /// Whether `name` is the destination header (case-insensitive): shells strip it from
+    /// every client request.
+    pub fn is_destination_header(&self, name: &str) -> bool {
+        name.eq_ignore_ascii_case(&self.config.destination_header)
+    }
+
+    /// Checks a body size seen so far against the limit.
+    pub fn check_body_size(&self, size: usize) -> Result<(), LocalReply> {
+        if size > self.config.max_body_bytes {
+            let err = RequestError::TooLarge {
+                size,
+                limit: self.config.max_body_bytes,
+            };
+            return Err(LocalReply::from_request_error(&err));
+        }
+        Ok(())
+    }
+
+    /// Routes an inference request on its full body. `session` is the session header's value,
+    /// `subset` the proxy's subset hint.
+    pub fn route_inference(
+        &self,
+        router: &mut Router,
+        route: ApiRoute,
+        body: &[u8],
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Outcome {
+        if let Err(reply) = self.check_body_size(body.len()) {
+            return Outcome::Reply(reply);
+        }
+        if body.iter().all(u8::is_ascii_whitespace) {
+            let err = RequestError::InvalidJson("request body is empty".to_owned());
+            return Outcome::Reply(LocalReply::from_request_error(&err));
+        }
+        let parsed = match parse_request(route, body) {
+            Ok(p) => p,
+            Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),
+        };
+        let req = parsed.route_request(session);
+        self.finish(router.route(&req, subset, now_ms))
+    }
+
+    /// Routes a request that is not routed by content (no body parsing): the least-loaded
+    /// healthy worker, within the subset when given.
+    pub fn route_other(
+        &self,
+        router: &mut Router,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Outcome {
+        self.finish(router.route_any(subset, now_ms))
+    }
+
+    /// Answers `GET /v1/models` from the fleet view when every routable worker lists its
+    /// models; `None` means "forward it" (some worker serves unknown models).
+    pub fn list_models(&self, router: &Router, now_secs: u64) -> Option<LocalReply> {
+        let mut models: Vec<&str> = Vec::new();
+        for w in router.workers().iter().filter(|w| w.is_routable()) {
+            if w.spec.models.is_empty() {
+                return None;
+            }
+            models.extend(w.spec.models.iter().map(String::as_str));
+            models.extend(w.spec.lora_adapters.iter().map(String::as_str));
+        }
+        models.sort_unstable();
+        models.dedup();
+        let data: Vec<serde_json::Value> = models
+            .iter()
+            .map(|m| {
+                serde_json::json!({"id": m, "object": "model", "created": now_secs, "owned_by": "kvroute"})
+            })
+            .collect();
+        let body = serde_json::json!({"object": "list", "data": data}).to_string();
+        Some(LocalReply {
+            status: 200,
+            body,
+            retry_after_secs: None,
+        })
+    }
+
+    fn finish(&self, result: Result<Routed, crate::error::RouteError>) -> Outcome {
+        match result {
+            Ok(routed) => {
+                let destination = routed.endpoints.join(",");
+                Outcome::Forward(Forward {
+                    routed,
+                    destination,
+                })
+            }
+            Err(err) => {
+                let retry = match err.status() {
+                    429 => Some(1),
+                    503 => Some(5),
+                    _ => None,
+                };
+                Outcome::Reply(LocalReply::error(err.status(), &err.to_openai(), retry))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PolicyConfig;
+    use crate::router::RouterConfig;
+    use crate::worker::WorkerSpec;
+
+    fn router(policy: &str) -> Router {
+        let mut r = Router::new(
+            RouterConfig {
+                policy: PolicyConfig::from_name(policy).unwrap(),
+                ..RouterConfig::default()
+            },
+            1,
+        );
+        for i in 1..=3 {
+            r.upsert_worker(WorkerSpec {
+                models: vec!["m".into()],
+                ..WorkerSpec::new(format!("127.0.0.1:800{i}"))
+            });
+        }
+        r
+    }
+
+    #[test]
+    fn classifies_paths() {
+        assert_eq!(
+            RequestKind::classify("POST", "/v1/chat/completions"),
+            RequestKind::Inference(ApiRoute::ChatCompletions)
+        );
+        assert_eq!(
+            RequestKind::classify("GET", "/v1/models"),
+            RequestKind::ListModels
+        );
+        assert_eq!(RequestKind::classify("GET", "/health"), RequestKind::Other);
+        assert_eq!(
+            RequestKind::classify("GET", "/v1/chat/completions"),
+            RequestKind::Other
+        );
+    }
+
+    #[test]
+    fn forwards_with_ordered_list_and_releases() {
+        let gw = Gateway::default();
+        let mut r = router("round_robin");
+        let body = br#"{"model":"m","prompt":"hello"}"#;
+        let Outcome::Forward(f) =
+            gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0)
+        else {
+            panic!("expected a forward");
+        };
+        assert_eq!(f.destination.split(',').count(), 3);
+        assert_eq!(r.outstanding(), 1);
+        r.complete(f.routed.ticket);
+        assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn errors_become_local_replies() {
+        let gw = Gateway::new(GatewayConfig {
+            max_body_bytes: 64,
+            ..GatewayConfig::default()
+        });
+        let mut r = router("least_request");
+        let cases: [(&[u8], u16); 4] = [
+            (b"{not json", 400),
+            (b"", 400),
+            (br#"{"model":"nope","prompt":"x"}"#, 404),
+            (&[b' '; 100], 413),
+        ];
+        for (body, status) in cases {
+            match gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0) {
+                Outcome::Reply(reply) => {
+                    assert_eq!(
+                        reply.status,
+                        status,
+                        "body {:?}",
+                        String::from_utf8_lossy(body)
+                    );
+                    let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+                    assert!(v["error"]["message"].is_string());
+                }
+                Outcome::Forward(_) => panic!("expected a reply"),
+            }
+        }
+        assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn subset_is_honoured_and_empty_subset_is_503() {
+        let gw = Gateway::default();
+        let mut r = router("random");
+        let body = br#"{"model":"m","prompt":"x"}"#;
+        for _ in 0..20 {
+            match gw.route_inference(
+                &mut r,
+                ApiRoute::Completions,
+                body,
+                None,
+                Some(&["127.0.0.1:8002"]),
+                0,
+            ) {
+                Outcome::Forward(f) => {
+                    assert_eq!(f.destination, "127.0.0.1:8002");
+                    r.complete(f.routed.ticket);
+                }
+                Outcome::Reply(r) => panic!("unexpected reply {r:?}"),
+            }
+        }
+        match gw.route_inference(
+            &mut r,
+            ApiRoute::Completions,
+            body,
+            None,
+            Some(&["10.9.9.9:1"]),
+            0,
+        ) {
+            Outcome::Reply(reply) => assert_eq!(reply.status, 503),
+            Outcome::Forward(_) => panic!("an address outside the pool must never be chosen"),
+        }
+    }
+
+    #[test]
+    fn list_models_from_fleet_view() {
+        let gw = Gateway::default();
+        let r = router("random");
+        let reply = gw.list_models(&r, 5).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        assert_eq!(v["data"][0]["id"], "m");
+        let mut r2 = Router::new(RouterConfig::default(), 1);
+        r2.upsert_worker(WorkerSpec::new("127.0.0.1:1"));
+        assert!(gw.list_models(&r2, 5).is_none());
+    }
+}
