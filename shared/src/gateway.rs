@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::OpenAiError;
-use crate::request::{ApiRoute, RequestError, parse_request};
+use crate::request::{ApiRoute, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
 
 /// Header the Gateway API Inference Extension protocol uses for the chosen endpoints.
@@ -162,6 +162,22 @@ impl Gateway {
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
+        self.route_inference_observed(router, route, body, session, subset, now_ms, |_, _| {})
+    }
+
+    /// [`Gateway::route_inference`], calling `observe` with the request view and the decision
+    /// when the request is forwarded (the wasm filter publishes decisions to its sibling VMs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_inference_observed(
+        &self,
+        router: &mut Router,
+        route: ApiRoute,
+        body: &[u8],
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+        observe: impl FnOnce(&RouteRequest<'_>, &Routed),
+    ) -> Outcome {
         if let Err(reply) = self.check_body_size(body.len()) {
             return Outcome::Reply(reply);
         }
@@ -174,7 +190,11 @@ impl Gateway {
             Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),
         };
         let req = parsed.route_request(session);
-        self.finish(router.route(&req, subset, now_ms))
+        let result = router.route(&req, subset, now_ms);
+        if let Ok(routed) = &result {
+            observe(&req, routed);
+        }
+        self.finish(result)
     }
 
     /// Routes a request that is not routed by content (no body parsing): the least-loaded

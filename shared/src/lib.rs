@@ -19,6 +19,7 @@ pub mod policy;
 pub mod prefix_index;
 pub mod request;
 pub mod router;
+pub mod shared_state;
 pub mod worker;
 
 pub use error::{OpenAiError, RouteError};

@@ -3,6 +3,7 @@
 mod bucket;
 mod cache_aware;
 mod consistent_hash;
+mod hash_ring;
 mod least_request;
 mod manual;
 mod power_of_two;
@@ -10,7 +11,7 @@ mod prefix_hash;
 mod random;
 mod round_robin;
 
-use rand::RngCore;
+use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
 use crate::request::RouteRequest;
@@ -20,7 +21,7 @@ pub use bucket::{BucketConfig, BucketPolicy};
 pub use cache_aware::{CacheAwareConfig, CacheAwarePolicy};
 pub use consistent_hash::{ConsistentHashConfig, ConsistentHashPolicy};
 pub use least_request::LeastRequestPolicy;
-pub use manual::{ManualConfig, ManualPolicy};
+pub use manual::{ManualAssignment, ManualConfig, ManualPolicy};
 pub use power_of_two::PowerOfTwoPolicy;
 pub use prefix_hash::{PrefixHashConfig, PrefixHashPolicy};
 pub use random::RandomPolicy;
@@ -166,6 +167,32 @@ pub fn rank_with_first(first: Option<WorkerId>, candidates: &[&Worker]) -> Vec<W
         .collect();
     rest.sort_by_key(|w| w.load());
     first.into_iter().chain(rest.iter().map(|w| w.id)).collect()
+}
+
+/// The least-loaded candidate, ties broken at random. `candidates` must not be empty.
+pub fn least_loaded(candidates: &[&Worker], rng: &mut dyn RngCore) -> WorkerId {
+    least_loaded_by(candidates, rng, |w| u64::from(w.load()))
+}
+
+/// The candidate with the smallest `load`, ties broken at random. `candidates` must not be
+/// empty.
+pub fn least_loaded_by(
+    candidates: &[&Worker],
+    rng: &mut dyn RngCore,
+    load: impl Fn(&Worker) -> u64,
+) -> WorkerId {
+    let min = candidates.iter().map(|w| load(w)).min().unwrap_or(0);
+    let tied = candidates.iter().filter(|w| load(w) == min).count();
+    let nth = if tied > 1 {
+        rng.random_range(0..tied)
+    } else {
+        0
+    };
+    candidates
+        .iter()
+        .filter(|w| load(w) == min)
+        .nth(nth)
+        .map_or(candidates[0].id, |w| w.id)
 }
 
 /// Helpers for policy unit tests.

@@ -4,6 +4,7 @@
 //! and keeps every field it does not know about untouched (the body is forwarded as is).
 
 mod chat;
+mod de;
 mod error;
 mod parse;
 
