@@ -1,1 +1,32 @@
-//! End-to-end test harness.
+//! End-to-end test harness: starts simulated engines, kvroute and the real Envoy (with the
+//! shipped config, re-addressed) on free ports, captures their output under
+//! `target/e2e-logs/<test>/`, and kills everything when dropped.
+//!
+//! Binaries: `KVROUTE_BIN`, `KVROUTE_SIM_BIN` (default `<target>/debug/...`) and
+//! `KVROUTE_ENVOY` (default `<workspace>/.venv/bin/envoy`); `make test` provides them all.
+//!
+//! ```no_run
+//! use kvroute_e2e::openai::{chat_body, sim_id};
+//! use kvroute_e2e::{MODEL, Stack};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let stack = Stack::builder("my_test").policy("cache_aware").start().await?;
+//! let resp = stack.post("/v1/chat/completions", &chat_body(MODEL, "hi", false, 4)).await?;
+//! println!("{} answered by {}", resp.status(), sim_id(&resp));
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod client;
+pub mod config;
+mod envoy;
+pub mod openai;
+pub mod paths;
+pub mod process;
+pub mod sim;
+pub mod stack;
+
+pub use client::http_client;
+pub use config::{BodyMode, EnvoyLayout, render_envoy_config};
+pub use sim::{MODEL, Sim};
+pub use stack::{Stack, StackBuilder};

@@ -1,0 +1,89 @@
+//! Where the workspace, the binaries under test and the per-test log directories are.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+/// Root of the cargo workspace (two levels above this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
+}
+
+/// The cargo target directory: `CARGO_TARGET_DIR` or `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                workspace_root().join(dir)
+            }
+        }
+        _ => workspace_root().join("target"),
+    }
+}
+
+/// A binary under test: `env_var` if set, else `default`; fails clearly when missing.
+fn find_binary(env_var: &str, default: PathBuf, what: &str) -> anyhow::Result<PathBuf> {
+    let path = match std::env::var_os(env_var) {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => default,
+    };
+    if !path.is_file() {
+        bail!(
+            "{what} not found at {} (set {env_var} to override): run `make test`, \
+             which builds the binaries and installs Envoy first",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The `kvroute` binary (`KVROUTE_BIN`, default `<target>/debug/kvroute`).
+pub fn kvroute_bin() -> anyhow::Result<PathBuf> {
+    find_binary(
+        "KVROUTE_BIN",
+        target_dir().join("debug").join("kvroute"),
+        "kvroute binary",
+    )
+}
+
+/// The `kvroute-sim` binary (`KVROUTE_SIM_BIN`, default `<target>/debug/kvroute-sim`).
+pub fn sim_bin() -> anyhow::Result<PathBuf> {
+    find_binary(
+        "KVROUTE_SIM_BIN",
+        target_dir().join("debug").join("kvroute-sim"),
+        "kvroute-sim binary",
+    )
+}
+
+/// The Envoy binary (`KVROUTE_ENVOY`, default `<workspace>/.venv/bin/envoy`).
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    find_binary(
+        "KVROUTE_ENVOY",
+        workspace_root().join(".venv").join("bin").join("envoy"),
+        "Envoy",
+    )
+}
+
+/// A shipped Envoy config, `<workspace>/envoy/<name>`.
+pub fn envoy_config(name: &str) -> PathBuf {
+    workspace_root().join("envoy").join(name)
+}
+
+/// A fresh, empty `<target>/e2e-logs/<test>/` directory for one test's process logs.
+pub fn log_dir(test: &str) -> anyhow::Result<PathBuf> {
+    let dir = target_dir().join("e2e-logs").join(test);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("cannot clear log directory {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create log directory {}", dir.display()))?;
+    Ok(dir)
+}
