@@ -1,0 +1,192 @@
+//! The admin HTTP API: workers, metrics and the process's own health.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+
+use crate::config::WorkerConfig;
+use crate::health::Workers;
+use crate::state::Shared;
+
+/// Everything the handlers need.
+#[derive(Clone, Debug)]
+pub struct AdminState {
+    /// The router and metrics.
+    pub shared: Arc<Shared>,
+    /// The worker registry.
+    pub workers: Arc<Workers>,
+    /// Bearer token required on every route but `/healthz` and `/readyz`, when set.
+    pub token: Option<Arc<str>>,
+}
+
+/// One worker as `GET /workers` lists it.
+#[derive(Debug, Serialize)]
+pub struct WorkerView {
+    /// `ip:port`.
+    pub address: String,
+    /// Engine kind.
+    pub engine: &'static str,
+    /// Models served (empty: every model).
+    pub models: Vec<String>,
+    /// LoRA adapters.
+    pub lora_adapters: Vec<String>,
+    /// Passes its health checks.
+    pub healthy: bool,
+    /// Receives no new requests.
+    pub draining: bool,
+    /// Requests in flight counted by the router.
+    pub in_flight: u32,
+}
+
+/// The admin API routes.
+pub fn router(state: AdminState) -> Router {
+    let protected = Router::new()
+        .route("/workers", get(list_workers).post(add_worker))
+        .route("/workers/{address}", axum::routing::delete(remove_worker))
+        .route("/workers/{address}/drain", post(drain_worker))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .with_state(state)
+}
+
+async fn require_token(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &state.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                error_body("missing or wrong bearer token"),
+            )
+                .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn error_body(message: &str) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "error": message }))
+}
+
+fn view(w: &kvroute_core::Worker) -> WorkerView {
+    WorkerView {
+        address: w.spec.address.clone(),
+        engine: w.spec.engine.as_str(),
+        models: w.spec.models.clone(),
+        lora_adapters: w.spec.lora_adapters.clone(),
+        healthy: w.healthy,
+        draining: w.draining,
+        in_flight: w.in_flight,
+    }
+}
+
+async fn list_workers(State(state): State<AdminState>) -> Json<Vec<WorkerView>> {
+    let router = state.shared.router();
+    Json(router.workers().iter().map(view).collect())
+}
+
+async fn add_worker(State(state): State<AdminState>, Json(spec): Json<WorkerConfig>) -> Response {
+    match state.workers.upsert(&spec) {
+        Ok((address, is_new)) => {
+            state.workers.update_readiness().await;
+            let found = {
+                let router = state.shared.router();
+                router.workers().by_address(&address).map(view)
+            };
+            let status = if is_new {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            match found {
+                Some(v) => (status, Json(v)).into_response(),
+                None => (
+                    StatusCode::CONFLICT,
+                    error_body("worker removed concurrently"),
+                )
+                    .into_response(),
+            }
+        }
+        Err(message) => (StatusCode::BAD_REQUEST, error_body(&message)).into_response(),
+    }
+}
+
+fn normalized(address: &str) -> String {
+    crate::config::normalize_address(address)
+        .map(|a| a.to_string())
+        .unwrap_or_else(|_| address.to_owned())
+}
+
+async fn drain_worker(State(state): State<AdminState>, Path(address): Path<String>) -> Response {
+    let address = normalized(&address);
+    let found = {
+        let mut router = state.shared.router();
+        let id = router.workers().by_address(&address).map(|w| w.id);
+        id.map(|id| {
+            router.set_draining(id, true);
+            router.workers().get(id).map(view)
+        })
+    };
+    match found.flatten() {
+        Some(v) => {
+            tracing::info!(worker = %address, "worker draining");
+            state.workers.update_readiness().await;
+            Json(v).into_response()
+        }
+        None => (StatusCode::NOT_FOUND, error_body("unknown worker")).into_response(),
+    }
+}
+
+async fn remove_worker(State(state): State<AdminState>, Path(address): Path<String>) -> Response {
+    let address = normalized(&address);
+    if state.workers.remove(&address).await {
+        StatusCode::NO_CONTENT.into_response()
+    } else {
+        (StatusCode::NOT_FOUND, error_body("unknown worker")).into_response()
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = {
+        let router = state.shared.router();
+        state.shared.metrics.encode(&router)
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn readyz(State(state): State<AdminState>) -> Response {
+    if state.shared.any_routable() {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "no routable worker\n").into_response()
+    }
+}

@@ -1,0 +1,369 @@
+//! The service configuration: the YAML file, its validation, and worker address handling.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use kvroute_core::{EngineKind, GatewayConfig, RouterConfig, WorkerSpec};
+use serde::{Deserialize, Serialize};
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The YAML is malformed or has unknown or mistyped fields (the message carries the
+    /// line and column).
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// serde's message with its location.
+        message: String,
+    },
+    /// A value is out of range or inconsistent; `field` is the path to it.
+    #[error("{field}: {message}")]
+    Invalid {
+        /// Dotted path of the offending field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Active health-check settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path probed on every worker without its own `health_path`; any 2xx is healthy.
+    pub path: String,
+    /// Time between probes of one worker, in milliseconds.
+    pub interval_ms: u64,
+    /// Probe timeout, in milliseconds.
+    pub timeout_ms: u64,
+    /// Consecutive successes that make an unhealthy worker healthy.
+    pub healthy_threshold: u32,
+    /// Consecutive failures that make a healthy worker unhealthy.
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            path: "/health".to_owned(),
+            interval_ms: 1000,
+            timeout_ms: 1000,
+            healthy_threshold: 1,
+            unhealthy_threshold: 2,
+        }
+    }
+}
+
+/// A worker as written in the config file or posted to the admin API.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// `ip:port`, optionally with an `http://` scheme.
+    pub address: String,
+    /// Engine kind (default vllm).
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// Models served; empty means "ask the worker's `/v1/models`, else every model".
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// LoRA adapters loaded on the worker.
+    #[serde(default)]
+    pub lora_adapters: Vec<String>,
+    /// Free-form labels.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Health-check path overriding `health.path`.
+    #[serde(default)]
+    pub health_path: Option<String>,
+}
+
+impl WorkerConfig {
+    /// A worker at `address` serving every model.
+    pub fn new(address: impl Into<String>) -> WorkerConfig {
+        WorkerConfig {
+            address: address.into(),
+            ..WorkerConfig::default()
+        }
+    }
+
+    /// The normalized socket address (scheme and trailing slash removed).
+    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+        normalize_address(&self.address)
+    }
+
+    /// The core's view of this worker, with the address normalized.
+    pub fn spec(&self) -> Result<WorkerSpec, String> {
+        Ok(WorkerSpec {
+            address: self.socket_addr()?.to_string(),
+            engine: self.engine,
+            models: self.models.clone(),
+            lora_adapters: self.lora_adapters.clone(),
+            labels: self.labels.clone(),
+        })
+    }
+}
+
+/// Parses `ip:port`, `http://ip:port` or `http://ip:port/` into a socket address.
+pub fn normalize_address(raw: &str) -> Result<SocketAddr, String> {
+    let trimmed = raw.trim();
+    let without_scheme = trimmed.strip_prefix("http://").unwrap_or(trimmed);
+    if without_scheme.starts_with("https://") {
+        return Err(format!("`{raw}`: https workers are not supported"));
+    }
+    let bare = without_scheme.trim_end_matches('/');
+    bare.parse::<SocketAddr>()
+        .map_err(|_| format!("`{raw}` is not an ip:port address"))
+}
+
+/// The whole service configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// ext_proc gRPC listen address.
+    pub grpc_addr: SocketAddr,
+    /// Admin HTTP API listen address.
+    pub admin_addr: SocketAddr,
+    /// Bearer token for the admin API; required when it listens beyond loopback.
+    pub admin_token: Option<String>,
+    /// Request-flow settings.
+    pub gateway: GatewayConfig,
+    /// Router and policy settings.
+    pub router: RouterConfig,
+    /// Active health checks.
+    pub health: HealthConfig,
+    /// Static workers.
+    pub workers: Vec<WorkerConfig>,
+    /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9002)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9003)),
+            admin_token: None,
+            gateway: GatewayConfig::default(),
+            router: RouterConfig::default(),
+            health: HealthConfig::default(),
+            workers: Vec::new(),
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// Parses YAML text; `origin` names it in errors.
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        serde_yaml_ng::from_str(text).map_err(|e| ConfigError::Parse {
+            path: origin.to_owned(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Reads and parses a YAML file (not yet validated).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: origin.clone(),
+            source,
+        })?;
+        Config::from_yaml(&text, &origin)
+    }
+
+    /// Checks every value for range and consistency.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.admin_addr.ip().is_loopback()
+            && self.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "admin_token",
+                "an admin token is required when admin_addr is not a loopback address",
+            ));
+        }
+        self.validate_gateway()?;
+        self.validate_router()?;
+        self.validate_health()?;
+        let mut seen = HashSet::new();
+        for (i, w) in self.workers.iter().enumerate() {
+            let addr = w
+                .socket_addr()
+                .map_err(|m| invalid(format!("workers[{i}].address"), m))?;
+            if !seen.insert(addr) {
+                return Err(invalid(
+                    format!("workers[{i}].address"),
+                    format!("duplicate worker {addr}"),
+                ));
+            }
+            if let Some(p) = &w.health_path {
+                check_path(&format!("workers[{i}].health_path"), p)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_gateway(&self) -> Result<(), ConfigError> {
+        let g = &self.gateway;
+        for (field, value) in [
+            ("gateway.destination_header", &g.destination_header),
+            ("gateway.session_header", &g.session_header),
+        ] {
+            let ok = !value.is_empty()
+                && value.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !ok {
+                return Err(invalid(field, "must be a non-empty lower-case header name"));
+            }
+        }
+        if g.metadata_namespace.is_empty() {
+            return Err(invalid("gateway.metadata_namespace", "must not be empty"));
+        }
+        if g.max_body_bytes == 0 {
+            return Err(invalid("gateway.max_body_bytes", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_router(&self) -> Result<(), ConfigError> {
+        let r = &self.router;
+        if r.max_endpoints == 0 {
+            return Err(invalid("router.max_endpoints", "must be at least 1"));
+        }
+        if r.max_in_flight_per_worker == Some(0) {
+            return Err(invalid(
+                "router.max_in_flight_per_worker",
+                "must be at least 1 (omit it for no limit)",
+            ));
+        }
+        if let Some(model) = r.model_policies.keys().find(|m| m.is_empty()) {
+            return Err(invalid(
+                format!("router.model_policies.{model:?}"),
+                "model name must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_health(&self) -> Result<(), ConfigError> {
+        let h = &self.health;
+        check_path("health.path", &h.path)?;
+        if h.interval_ms < 10 {
+            return Err(invalid("health.interval_ms", "must be at least 10"));
+        }
+        if h.timeout_ms == 0 {
+            return Err(invalid("health.timeout_ms", "must be positive"));
+        }
+        if h.healthy_threshold == 0 {
+            return Err(invalid("health.healthy_threshold", "must be at least 1"));
+        }
+        if h.unhealthy_threshold == 0 {
+            return Err(invalid("health.unhealthy_threshold", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// A one-paragraph human summary, printed by `check-config`.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "grpc_addr: {}\nadmin_addr: {} (token {})\npolicy: {}\n",
+            self.grpc_addr,
+            self.admin_addr,
+            if self.admin_token.is_some() {
+                "set"
+            } else {
+                "not set"
+            },
+            self.router.policy.name(),
+        );
+        for (model, p) in &self.router.model_policies {
+            out.push_str(&format!("  model {model}: {}\n", p.name()));
+        }
+        out.push_str(&format!(
+            "max_endpoints: {}\nhealth: {} every {} ms (timeout {} ms)\nworkers: {}\n",
+            self.router.max_endpoints,
+            self.health.path,
+            self.health.interval_ms,
+            self.health.timeout_ms,
+            self.workers.len()
+        ));
+        for w in &self.workers {
+            let models = if w.models.is_empty() {
+                "discovered".to_owned()
+            } else {
+                w.models.join(",")
+            };
+            out.push_str(&format!(
+                "  {} ({}, models: {models})\n",
+                w.address,
+                w.engine.as_str()
+            ));
+        }
+        out
+    }
+}
+
+fn check_path(field: &str, path: &str) -> Result<(), ConfigError> {
+    if !path.starts_with('/') || path.chars().any(char::is_whitespace) {
+        return Err(invalid(field, "must be an absolute path like /health"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalizes_addresses() {
+        assert_eq!(
+            normalize_address("http://127.0.0.1:8001/").unwrap(),
+            "127.0.0.1:8001".parse::<SocketAddr>().unwrap()
+        );
+        assert!(normalize_address("127.0.0.1:8001").is_ok());
+        assert!(normalize_address("localhost").is_err());
+        assert!(normalize_address("https://1.2.3.4:1").is_err());
+    }
+
+    #[test]
+    fn rejects_unknown_fields_with_location() {
+        let err = Config::from_yaml("grpc_addr: 127.0.0.1:1\nbogus: 1\n", "t.yaml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("bogus") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn rejects_unknown_policy_and_bad_thresholds() {
+        let err = Config::from_yaml("router:\n  policy: {name: nope}\n", "t").unwrap_err();
+        assert!(err.to_string().contains("nope"));
+        let c = Config::from_yaml("health:\n  unhealthy_threshold: 0\n", "t").unwrap();
+        assert!(c.validate().is_err());
+        let c = Config::from_yaml("admin_addr: 0.0.0.0:9003\n", "t").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("admin_token")
+        );
+        let c = Config::from_yaml("workers: [{address: 'x:1'}]\n", "t").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,545 @@
+//! The ext_proc gRPC service: one task per stream (= one HTTP request) translating Envoy's
+//! messages into calls on the core's [`Gateway`](kvroute_core::Gateway) and back.
+//!
+//! Request body modes:
+//! - `BUFFERED` (and `BUFFERED_PARTIAL`): the request headers are answered at once (removing the
+//!   destination header); the decision is returned in the body response (header mutation +
+//!   `clear_route_cache` + dynamic metadata), as older endpoint pickers do. `STREAMED` is
+//!   answered the same way at the body's end, but Envoy has already routed by then: use one of
+//!   the other two modes.
+//! - `FULL_DUPLEX_STREAMED`: the headers response is held until the body's end, then sent with
+//!   the destination, `clear_route_cache` and the body's `content-length`, followed by the body
+//!   re-streamed in chunks of at most 62,000 bytes, as the reference endpoint picker does.
+//!
+//! The mode is read from `protocol_config`, which Envoy sends on the first message of every
+//! stream. In `BUFFERED` mode Envoy only sends the body once the headers were answered, so when
+//! `protocol_config` is missing the service answers headers at once; a first body message with
+//! `end_of_stream=true` means buffered, one with `end_of_stream=false` duplex streaming (then
+//! passed through unrouted, the headers being gone).
+//!
+//! Releasing the in-flight ticket: the ticket lives in a [`TicketGuard`] owned by the stream's
+//! task. It is released when the response ends (response body or trailers with
+//! `end_of_stream`, or response headers ending the stream), and otherwise when the gRPC stream
+//! ends, which Envoy does when the HTTP stream is destroyed (completed, reset, or the client
+//! left). Verified with Envoy 1.40 and a response streamed over 3 s:
+//! - response headers `SEND`, body `NONE`, trailers `SKIP`: Envoy resets the ext_proc stream
+//!   right after the response headers, so the release would come far too early;
+//! - the same with response trailers `SEND`: the stream stays open until the HTTP stream ends
+//!   (released at the response's last byte, or when the client disconnects), with no message
+//!   per response chunk. This is the recommended setting
+//!   (`tests/fixtures/envoy-minimal.yaml`);
+//! - response body `FULL_DUPLEX_STREAMED` (+ trailers `SEND`) also works: every chunk is echoed
+//!   back and the last one (`end_of_stream`) releases, at the cost of one message per chunk.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
+use envoy_types::pb::envoy::service::ext_proc::v3::{
+    HeaderMutation, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
+};
+use futures_util::Stream;
+use kvroute_core::{ApiRoute, LocalReply, Outcome, RequestKind};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, field};
+
+use crate::proto;
+use crate::state::{Shared, TicketGuard};
+
+/// Metadata namespace of the proxy's subset hint.
+pub const SUBSET_HINT_NAMESPACE: &str = "envoy.lb.subset_hint";
+/// Key (in the metadata namespace and as a response header) of the endpoint that served.
+pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
+
+/// The ext_proc service.
+#[derive(Clone, Debug)]
+pub struct ExtProcService {
+    shared: Arc<Shared>,
+    subset_key: Arc<str>,
+}
+
+impl ExtProcService {
+    /// A service over the shared router.
+    pub fn new(shared: Arc<Shared>) -> ExtProcService {
+        let subset_key = format!("{}-subset", shared.gateway.config().destination_header).into();
+        ExtProcService { shared, subset_key }
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<ProcessingResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalProcessor for ExtProcService {
+    type ProcessStream = ResponseStream;
+
+    async fn process(
+        &self,
+        request: Request<Streaming<ProcessingRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(8);
+        let span = tracing::debug_span!("ext_proc", request_id = field::Empty);
+        let handler = StreamHandler::new(
+            self.shared.clone(),
+            self.subset_key.clone(),
+            tx,
+            span.clone(),
+        );
+        tokio::spawn(handler.run(inbound).instrument(span));
+        let out = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (Ok(m), rx))
+        });
+        Ok(Response::new(Box::pin(out)))
+    }
+}
+
+/// Body mode of one side of the stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BodyMode {
+    /// Not announced by Envoy.
+    Unknown,
+    /// One body message (BUFFERED, BUFFERED_PARTIAL), or no body sent (NONE).
+    Buffered,
+    /// STREAMED: chunks, each answered.
+    Streamed,
+    /// FULL_DUPLEX_STREAMED: chunks, answered by re-streaming them.
+    Duplex,
+}
+
+impl BodyMode {
+    fn from_proto(mode: i32) -> BodyMode {
+        if mode == BodySendMode::FullDuplexStreamed as i32 {
+            BodyMode::Duplex
+        } else if mode == BodySendMode::Streamed as i32 {
+            BodyMode::Streamed
+        } else {
+            BodyMode::Buffered
+        }
+    }
+}
+
+/// What the stream is doing with the request body.
+#[derive(Debug)]
+enum RequestState {
+    /// Waiting for the request headers.
+    Start,
+    /// An inference request waiting for its body; `headers_answered` in the answered modes.
+    AwaitingBody {
+        route: ApiRoute,
+        session: Option<String>,
+        subset: Option<Vec<String>>,
+        headers_answered: bool,
+    },
+    /// Decided (or not routed on the body): body chunks are passed through.
+    PassThrough,
+    /// A local reply was sent: Envoy ignores anything else on this stream.
+    Replied,
+}
+
+/// Why the stream's task stops.
+struct Closed;
+
+/// The state of one ext_proc stream.
+struct StreamHandler {
+    shared: Arc<Shared>,
+    subset_key: Arc<str>,
+    tx: mpsc::Sender<ProcessingResponse>,
+    span: tracing::Span,
+    request_mode: BodyMode,
+    response_mode: BodyMode,
+    state: RequestState,
+    body: Vec<u8>,
+    guard: Option<TicketGuard>,
+}
+
+impl StreamHandler {
+    fn new(
+        shared: Arc<Shared>,
+        subset_key: Arc<str>,
+        tx: mpsc::Sender<ProcessingResponse>,
+        span: tracing::Span,
+    ) -> StreamHandler {
+        StreamHandler {
+            shared,
+            subset_key,
+            tx,
+            span,
+            request_mode: BodyMode::Unknown,
+            response_mode: BodyMode::Unknown,
+            state: RequestState::Start,
+            body: Vec::new(),
+            guard: None,
+        }
+    }
+
+    /// Processes messages until Envoy closes the stream, it fails, or the response side is
+    /// gone. Dropping `self` at the end releases any ticket still held.
+    async fn run(mut self, mut inbound: Streaming<ProcessingRequest>) {
+        loop {
+            let msg = match inbound.message().await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(status) => {
+                    debug!(%status, "ext_proc stream ended with an error");
+                    break;
+                }
+            };
+            if self.handle(msg).await.is_err() {
+                break;
+            }
+        }
+        debug!(
+            releasing_ticket = self.guard.is_some(),
+            "ext_proc stream closed"
+        );
+    }
+
+    async fn send(&self, msg: ProcessingResponse) -> Result<(), Closed> {
+        self.tx.send(msg).await.map_err(|_| Closed)
+    }
+
+    async fn handle(&mut self, msg: ProcessingRequest) -> Result<(), Closed> {
+        if let Some(pc) = &msg.protocol_config {
+            self.request_mode = BodyMode::from_proto(pc.request_body_mode);
+            self.response_mode = BodyMode::from_proto(pc.response_body_mode);
+        }
+        let Some(request) = msg.request else {
+            return Ok(());
+        };
+        match request {
+            Msg::RequestHeaders(h) => self.on_request_headers(h, msg.metadata_context).await,
+            Msg::RequestBody(b) => self.on_request_body(b).await,
+            Msg::RequestTrailers(_) => self.on_request_trailers().await,
+            Msg::ResponseHeaders(h) => {
+                debug!(end_of_stream = h.end_of_stream, "response headers");
+                let served = proto::metadata_strings(
+                    msg.metadata_context.as_ref(),
+                    &self.shared.gateway.config().metadata_namespace,
+                    SERVED_KEY,
+                )
+                .and_then(|v| v.into_iter().next())
+                .or_else(|| proto::find_header(h.headers.as_ref(), SERVED_KEY).map(str::to_owned));
+                if let (Some(addr), Some(guard)) = (served, self.guard.as_mut()) {
+                    guard.served_by(&addr);
+                }
+                if h.end_of_stream {
+                    self.release();
+                }
+                self.send(proto::response_headers()).await
+            }
+            Msg::ResponseBody(b) => {
+                debug!(
+                    len = b.body.len(),
+                    end_of_stream = b.end_of_stream,
+                    "response body"
+                );
+                let reply = if self.response_mode == BodyMode::Duplex {
+                    proto::streamed_body(b.body, b.end_of_stream, true)
+                } else {
+                    proto::response_body()
+                };
+                if b.end_of_stream {
+                    self.release();
+                }
+                self.send(reply).await
+            }
+            Msg::ResponseTrailers(_) => {
+                debug!("response trailers");
+                self.release();
+                self.send(proto::trailers(true)).await
+            }
+        }
+    }
+
+    fn release(&mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.release();
+        }
+    }
+
+    fn strip_mutation(&self) -> HeaderMutation {
+        HeaderMutation {
+            set_headers: Vec::new(),
+            remove_headers: vec![self.shared.gateway.config().destination_header.clone()],
+        }
+    }
+
+    async fn on_request_headers(
+        &mut self,
+        h: HttpHeaders,
+        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
+    ) -> Result<(), Closed> {
+        let headers = h.headers.as_ref();
+        let method = proto::find_header(headers, ":method").unwrap_or("");
+        let path = proto::find_header(headers, ":path").unwrap_or("");
+        if let Some(id) = proto::find_header(headers, "x-request-id") {
+            self.span.record("request_id", id);
+        }
+        let config = self.shared.gateway.config();
+        let session = proto::find_header(headers, &config.session_header).map(str::to_owned);
+        let subset =
+            proto::metadata_strings(metadata.as_ref(), SUBSET_HINT_NAMESPACE, &self.subset_key);
+        let kind = RequestKind::classify(method, path);
+        debug!(method, path, ?kind, "request headers");
+
+        match kind {
+            RequestKind::Inference(route) if !h.end_of_stream => {
+                let answer_now = self.request_mode != BodyMode::Duplex;
+                self.state = RequestState::AwaitingBody {
+                    route,
+                    session,
+                    subset,
+                    headers_answered: answer_now,
+                };
+                if answer_now {
+                    let strip = proto::common(self.strip_mutation(), false);
+                    self.send(proto::request_headers(strip)).await?;
+                }
+                Ok(())
+            }
+            RequestKind::Inference(route) => {
+                // No body at all: the core answers with its "empty body" error.
+                let outcome = self.decide(|gw, router, now| {
+                    gw.route_inference(
+                        router,
+                        route,
+                        b"",
+                        session.as_deref(),
+                        as_refs(&subset).as_deref(),
+                        now,
+                    )
+                });
+                self.answer_at_headers(outcome, None).await
+            }
+            RequestKind::ListModels => {
+                let now_secs = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let listed = {
+                    let router = self.shared.router();
+                    self.shared.gateway.list_models(&router, now_secs)
+                };
+                let outcome = match listed {
+                    Some(reply) => Outcome::Reply(reply),
+                    None => self.decide(|gw, router, now| {
+                        gw.route_other(router, as_refs(&subset).as_deref(), now)
+                    }),
+                };
+                self.answer_at_headers(outcome, None).await
+            }
+            RequestKind::Other => {
+                let outcome = self.decide(|gw, router, now| {
+                    gw.route_other(router, as_refs(&subset).as_deref(), now)
+                });
+                self.answer_at_headers(outcome, None).await
+            }
+        }
+    }
+
+    /// Takes one decision under the router lock and records its metrics.
+    fn decide(
+        &self,
+        f: impl FnOnce(&kvroute_core::Gateway, &mut kvroute_core::Router, u64) -> Outcome,
+    ) -> Outcome {
+        let started = Instant::now();
+        let now = self.shared.now_ms();
+        let outcome = {
+            let mut router = self.shared.router();
+            f(&self.shared.gateway, &mut router, now)
+        };
+        let secs = started.elapsed().as_secs_f64();
+        match &outcome {
+            Outcome::Forward(f) => {
+                self.shared.metrics.record_decision(
+                    f.routed.policy,
+                    None,
+                    secs,
+                    f.routed.prefix_match,
+                );
+                debug!(destination = %f.destination, policy = f.routed.policy, "routed");
+            }
+            Outcome::Reply(r) => {
+                self.shared
+                    .metrics
+                    .record_decision("", Some(r.status), secs, None);
+                debug!(status = r.status, "local reply");
+            }
+        }
+        outcome
+    }
+
+    /// Turns a forward into the destination header mutation and metadata, keeping its ticket.
+    fn forward_parts(
+        &mut self,
+        fwd: kvroute_core::Forward,
+        content_length: Option<usize>,
+    ) -> (HeaderMutation, envoy_types::pb::google::protobuf::Struct) {
+        let config = self.shared.gateway.config();
+        let mut mutation = self.strip_mutation();
+        mutation.set_headers.push(proto::set_header(
+            &config.destination_header,
+            fwd.destination.as_bytes(),
+        ));
+        if let Some(len) = content_length {
+            mutation
+                .set_headers
+                .push(proto::set_header("content-length", len.to_string()));
+        }
+        let metadata = proto::destination_metadata(
+            &config.metadata_namespace,
+            &config.destination_header,
+            &fwd.destination,
+        );
+        self.guard = Some(TicketGuard::new(self.shared.clone(), fwd.routed.ticket));
+        (mutation, metadata)
+    }
+
+    async fn reply(&mut self, reply: &LocalReply) -> Result<(), Closed> {
+        self.state = RequestState::Replied;
+        self.send(proto::immediate(reply)).await
+    }
+
+    /// Answers in the request-headers response (no body read, or the held duplex headers).
+    async fn answer_at_headers(
+        &mut self,
+        outcome: Outcome,
+        content_length: Option<usize>,
+    ) -> Result<(), Closed> {
+        match outcome {
+            Outcome::Reply(reply) => self.reply(&reply).await,
+            Outcome::Forward(fwd) => {
+                self.state = RequestState::PassThrough;
+                let (mutation, metadata) = self.forward_parts(fwd, content_length);
+                let mut msg = proto::request_headers(proto::common(mutation, true));
+                msg.dynamic_metadata = Some(metadata);
+                self.send(msg).await
+            }
+        }
+    }
+
+    async fn on_request_body(&mut self, b: HttpBody) -> Result<(), Closed> {
+        if self.request_mode == BodyMode::Unknown {
+            self.request_mode = if b.end_of_stream {
+                BodyMode::Buffered
+            } else {
+                BodyMode::Duplex
+            };
+        }
+        let mode = self.request_mode;
+        if let RequestState::AwaitingBody {
+            headers_answered: true,
+            ..
+        } = self.state
+            && mode == BodyMode::Duplex
+        {
+            // Duplex streaming without protocol_config: the headers already went upstream, so
+            // the body can only be passed through.
+            tracing::warn!("duplex body after answered headers: passing the request through");
+            self.state = RequestState::PassThrough;
+        }
+        match &self.state {
+            RequestState::Replied => Ok(()),
+            RequestState::Start | RequestState::PassThrough => {
+                let msg = if mode == BodyMode::Duplex {
+                    proto::streamed_body(b.body, b.end_of_stream, false)
+                } else {
+                    proto::request_body(Default::default())
+                };
+                self.send(msg).await
+            }
+            RequestState::AwaitingBody {
+                headers_answered, ..
+            } => {
+                let headers_answered = *headers_answered;
+                if self.body.is_empty() {
+                    self.body = b.body;
+                } else {
+                    self.body.extend_from_slice(&b.body);
+                }
+                if let Err(reply) = self.shared.gateway.check_body_size(self.body.len()) {
+                    self.body = Vec::new();
+                    return self.reply(&reply).await;
+                }
+                match mode {
+                    BodyMode::Duplex if !b.end_of_stream => Ok(()),
+                    BodyMode::Streamed if !b.end_of_stream => {
+                        self.send(proto::request_body(Default::default())).await
+                    }
+                    _ => self.route_body(headers_answered, b.end_of_stream).await,
+                }
+            }
+        }
+    }
+
+    async fn on_request_trailers(&mut self) -> Result<(), Closed> {
+        if let RequestState::AwaitingBody {
+            headers_answered, ..
+        } = self.state
+        {
+            // Trailers end the body in duplex mode.
+            self.route_body(headers_answered, false).await?;
+        }
+        if matches!(self.state, RequestState::Replied) {
+            return Ok(());
+        }
+        self.send(proto::trailers(false)).await
+    }
+
+    /// Routes on the accumulated body and answers. `end_of_stream`: no trailers follow.
+    async fn route_body(
+        &mut self,
+        headers_answered: bool,
+        end_of_stream: bool,
+    ) -> Result<(), Closed> {
+        let RequestState::AwaitingBody {
+            route,
+            session,
+            subset,
+            ..
+        } = std::mem::replace(&mut self.state, RequestState::PassThrough)
+        else {
+            return Ok(());
+        };
+        let body = std::mem::take(&mut self.body);
+        let outcome = self.decide(|gw, router, now| {
+            gw.route_inference(
+                router,
+                route,
+                &body,
+                session.as_deref(),
+                as_refs(&subset).as_deref(),
+                now,
+            )
+        });
+        match outcome {
+            Outcome::Reply(reply) => self.reply(&reply).await,
+            Outcome::Forward(fwd) if headers_answered => {
+                let (mutation, metadata) = self.forward_parts(fwd, None);
+                let mut msg = proto::request_body(proto::common(mutation, true));
+                msg.dynamic_metadata = Some(metadata);
+                self.send(msg).await
+            }
+            Outcome::Forward(fwd) => {
+                let (mutation, metadata) = self.forward_parts(fwd, Some(body.len()));
+                let mut msg = proto::request_headers(proto::common(mutation, true));
+                msg.dynamic_metadata = Some(metadata);
+                self.send(msg).await?;
+                for chunk in proto::restream_request_body(body, end_of_stream) {
+                    self.send(chunk).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Borrows an owned subset hint as the core expects it.
+fn as_refs(subset: &Option<Vec<String>>) -> Option<Vec<&str>> {
+    subset
+        .as_ref()
+        .map(|v| v.iter().map(String::as_str).collect())
+}

@@ -1,0 +1,15 @@
+//! kvroute: the ext_proc endpoint picker for Envoy.
+//!
+//! Envoy asks this service, over the ext_proc gRPC protocol, where to send each inference
+//! request. Every routing decision is taken by `kvroute-core`; this crate only translates
+//! ext_proc messages, runs health checks and serves the admin API.
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod extproc;
+pub mod health;
+pub mod metrics;
+pub mod proto;
+pub mod server;
+pub mod state;

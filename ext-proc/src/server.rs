@@ -1,0 +1,175 @@
+//! Starting and stopping the service: listeners, gRPC and admin servers, health checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::serve::ListenerExt;
+use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use kvroute_core::{Gateway, Router};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::extproc::ExtProcService;
+use crate::health::{LIVENESS_SERVICE, READINESS_SERVICE, Workers};
+use crate::state::Shared;
+
+/// gRPC health service name of the ext_proc service.
+pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
+
+/// A running service.
+#[derive(Debug)]
+pub struct Running {
+    /// Bound gRPC address.
+    pub grpc_addr: SocketAddr,
+    /// Bound admin address.
+    pub admin_addr: SocketAddr,
+    /// The router and metrics.
+    pub shared: Arc<Shared>,
+    /// The worker registry.
+    pub workers: Arc<Workers>,
+    shutdown: watch::Sender<bool>,
+    grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    admin: JoinHandle<std::io::Result<()>>,
+    grace: Duration,
+}
+
+/// Binds both listeners, registers the configured workers (probed at once) and starts serving.
+/// `config` must be validated.
+pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
+    let admin_listener = TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+        ^ u64::from(std::process::id());
+    let shared = Shared::new(
+        Router::new(config.router.clone(), seed),
+        Gateway::new(config.gateway.clone()),
+    );
+
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(EXT_PROC_SERVICE, ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
+        .await;
+
+    let workers = Workers::new(shared.clone(), config.health.clone(), reporter)?;
+    for w in &config.workers {
+        workers
+            .upsert(w)
+            .map_err(|e| anyhow::anyhow!("worker {}: {e}", w.address))?;
+    }
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+
+    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
+    let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()));
+    let mut grpc_shutdown = shutdown_rx.clone();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .add_service(ext_proc)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
+            }),
+    );
+
+    let app = admin::router(AdminState {
+        shared: shared.clone(),
+        workers: workers.clone(),
+        token: config.admin_token.as_deref().map(Arc::from),
+    });
+    let admin_listener = admin_listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    let mut admin_shutdown = shutdown_rx;
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_shutdown.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+
+    Ok(Running {
+        grpc_addr,
+        admin_addr,
+        shared,
+        workers,
+        shutdown,
+        grpc,
+        admin,
+        grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}
+
+type ExtProcServer = ExternalProcessorServer<ExtProcService>;
+
+impl Running {
+    /// The line printed once both listeners are bound.
+    pub fn ready_line(&self) -> String {
+        format!(
+            "kvroute ready grpc={} admin={}",
+            self.grpc_addr, self.admin_addr
+        )
+    }
+
+    /// Stops accepting, lets in-flight streams finish within the grace period, then stops.
+    /// Returns whether everything finished within the grace period.
+    pub async fn shutdown(self) -> bool {
+        let _ = self.shutdown.send(true);
+        self.workers.stop();
+        let Running {
+            mut grpc,
+            mut admin,
+            grace,
+            ..
+        } = self;
+        let both = async {
+            let _ = (&mut grpc).await;
+            let _ = (&mut admin).await;
+        };
+        let finished = tokio::time::timeout(grace, both).await.is_ok();
+        if !finished {
+            grpc.abort();
+            admin.abort();
+        }
+        finished
+    }
+
+    /// Waits until either server stops on its own (an error), reporting it.
+    pub async fn wait_failure(&mut self) -> anyhow::Result<()> {
+        tokio::select! {
+            r = &mut self.grpc => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
+            },
+            r = &mut self.admin => match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("admin server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("admin server task failed: {e}")),
+            },
+        }
+    }
+}

@@ -1,0 +1,98 @@
+//! State shared by the gRPC service, the health checkers and the admin API.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use kvroute_core::{Gateway, Router, Ticket};
+
+use crate::metrics::Metrics;
+
+/// The one router, the request flow and the metrics.
+pub struct Shared {
+    router: Mutex<Router>,
+    /// The request flow settings.
+    pub gateway: Gateway,
+    /// Exported metrics.
+    pub metrics: Metrics,
+    started: Instant,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("gateway", &self.gateway)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Wraps a router.
+    pub fn new(router: Router, gateway: Gateway) -> Arc<Shared> {
+        Arc::new(Shared {
+            router: Mutex::new(router),
+            gateway,
+            metrics: Metrics::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// Locks the router. Never hold the guard across an `.await`. A panic while locked cannot
+    /// leave the router half-updated in a way that matters more than stopping would, so a
+    /// poisoned lock is recovered.
+    pub fn router(&self) -> MutexGuard<'_, Router> {
+        self.router.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Milliseconds on the service's monotonic clock.
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether at least one worker may receive requests.
+    pub fn any_routable(&self) -> bool {
+        self.router().workers().iter().any(|w| w.is_routable())
+    }
+}
+
+/// An in-flight ticket that is handed back to the router exactly once: explicitly with
+/// [`TicketGuard::release`], or when the guard is dropped (the gRPC stream ended, was reset, or
+/// its task was cancelled).
+#[derive(Debug)]
+pub struct TicketGuard {
+    shared: Arc<Shared>,
+    ticket: Option<Ticket>,
+}
+
+impl TicketGuard {
+    /// Guards `ticket`.
+    pub fn new(shared: Arc<Shared>, ticket: Ticket) -> TicketGuard {
+        TicketGuard {
+            shared,
+            ticket: Some(ticket),
+        }
+    }
+
+    /// The proxy reported the endpoint that actually served the request.
+    pub fn served_by(&mut self, address: &str) {
+        if let Some(ticket) = self.ticket.as_mut() {
+            self.shared.router().served_by(ticket, address);
+        }
+    }
+
+    /// Releases the ticket now.
+    pub fn release(mut self) {
+        self.complete();
+    }
+
+    fn complete(&mut self) {
+        if let Some(ticket) = self.ticket.take() {
+            self.shared.router().complete(ticket);
+        }
+    }
+}
+
+impl Drop for TicketGuard {
+    fn drop(&mut self) {
+        self.complete();
+    }
+}
