@@ -1,7 +1,7 @@
 //! Removing entries: LRU eviction under the memory bound, and purging a worker.
 
 use super::PrefixIndex;
-use super::node::NIL;
+use super::node::{NIL, alloc_cost};
 use crate::worker::WorkerId;
 
 impl PrefixIndex {
@@ -90,6 +90,7 @@ impl PrefixIndex {
         let parent = node.parent;
         if parent == NIL {
             if let Some(name) = self.root_names.remove(&id) {
+                self.name_bytes -= 2 * alloc_cost(name.len());
                 self.roots.remove(&name);
             }
         } else if self.slab.get(parent).live {
