@@ -35,6 +35,7 @@ clippy:
 
 wasm-check:
 	scripts/build-wasm.sh kvroute-core
+	scripts/build-wasm-filter.sh
 
 unit: build
 	$(CARGO) nextest run --workspace --test-threads $(TEST_THREADS) --no-fail-fast

@@ -4,13 +4,19 @@
 //! their views from splitting into unrelated copies, each router publishes its decisions as
 //! [`DecisionEvent`]s and the others replay them ([`replay`]), so prefix-learning policies
 //! converge to the same content everywhere; and in-flight counts live in process-wide counters
-//! encoded with [`encode_count`]/[`decode_count`]. The transport (proxy-wasm shared queues and
-//! shared data) belongs to the shell; this module only defines the bytes and their meaning.
+//! encoded with [`encode_count`]/[`decode_count`]. A router can also follow another one's
+//! fleet view ([`FleetWorker`], [`sync_fleet`]: the `kvroute` admin API's `GET /workers`). The
+//! transport (proxy-wasm shared queues, shared data, HTTP callouts) belongs to the shell; this
+//! module only defines the bytes and their meaning.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+
+use serde::Deserialize;
 
 use crate::request::{Prompt, RouteRequest};
 use crate::router::Router;
+use crate::worker::{EngineKind, WorkerSpec};
 
 /// Format version written as the first byte of every encoded event.
 const EVENT_VERSION: u8 = 1;
@@ -151,6 +157,77 @@ pub fn replay(router: &mut Router, event: &DecisionEvent<'_>, now_ms: u64) -> bo
         }
         Err(_) => false,
     }
+}
+
+/// One worker as another router reports it (an entry of `GET /workers`; unknown fields such
+/// as `in_flight` are ignored).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct FleetWorker {
+    /// `ip:port`.
+    pub address: String,
+    /// Engine kind.
+    #[serde(default)]
+    pub engine: EngineKind,
+    /// Models served (empty: every model).
+    #[serde(default)]
+    pub models: Vec<String>,
+    /// LoRA adapters.
+    #[serde(default)]
+    pub lora_adapters: Vec<String>,
+    /// Passes its health checks.
+    #[serde(default = "yes")]
+    pub healthy: bool,
+    /// Receives no new requests.
+    #[serde(default)]
+    pub draining: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// What [`sync_fleet`] changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetChange {
+    /// Workers that were not known before.
+    pub added: usize,
+    /// Workers no longer listed, removed (and purged from every policy).
+    pub removed: usize,
+}
+
+/// Makes `router`'s worker set follow `fleet`: listed workers are added or updated (spec,
+/// health, draining; labels are kept), unlisted ones removed. In-flight counts survive.
+pub fn sync_fleet(router: &mut Router, fleet: &[FleetWorker]) -> FleetChange {
+    let mut change = FleetChange::default();
+    let listed: HashSet<&str> = fleet.iter().map(|w| w.address.as_str()).collect();
+    let gone: Vec<_> = router
+        .workers()
+        .iter()
+        .filter(|w| !listed.contains(w.spec.address.as_str()))
+        .map(|w| w.id)
+        .collect();
+    for id in gone {
+        if router.remove_worker(id).is_some() {
+            change.removed += 1;
+        }
+    }
+    for entry in fleet {
+        let known = router.workers().by_address(&entry.address);
+        let labels = known.map(|w| w.spec.labels.clone()).unwrap_or_default();
+        if known.is_none() {
+            change.added += 1;
+        }
+        let id = router.upsert_worker(WorkerSpec {
+            address: entry.address.clone(),
+            engine: entry.engine,
+            models: entry.models.clone(),
+            lora_adapters: entry.lora_adapters.clone(),
+            labels,
+        });
+        router.set_healthy(id, entry.healthy);
+        router.set_draining(id, entry.draining);
+    }
+    change
 }
 
 /// Encodes a process-wide counter value.
@@ -295,6 +372,33 @@ mod tests {
         assert!(router.workers().iter().all(|w| w.in_flight == 0));
         let stranger = DecisionEvent::from_request(&request(&prompt), "10.9.9.9:1", 1024);
         assert!(!replay(&mut router, &stranger, 0));
+    }
+
+    #[test]
+    fn fleet_sync_adds_updates_and_removes() {
+        let mut router = Router::new(RouterConfig::default(), 1);
+        router.upsert_worker(WorkerSpec::new("10.0.0.1:80"));
+        router.upsert_worker(WorkerSpec::new("10.0.0.2:80"));
+        let fleet: Vec<FleetWorker> = serde_json::from_str(
+            r#"[{"address":"10.0.0.2:80","engine":"sglang","models":["m"],"healthy":true,
+                 "draining":true,"in_flight":3},
+                {"address":"10.0.0.3:80","healthy":false}]"#,
+        )
+        .unwrap();
+        let change = sync_fleet(&mut router, &fleet);
+        assert_eq!(
+            change,
+            FleetChange {
+                added: 1,
+                removed: 1
+            }
+        );
+        assert!(router.workers().by_address("10.0.0.1:80").is_none());
+        let two = router.workers().by_address("10.0.0.2:80").unwrap();
+        assert!(two.draining && two.healthy);
+        assert_eq!(two.spec.engine, EngineKind::Sglang);
+        assert!(!router.workers().by_address("10.0.0.3:80").unwrap().healthy);
+        assert_eq!(sync_fleet(&mut router, &fleet), FleetChange::default());
     }
 
     #[test]
