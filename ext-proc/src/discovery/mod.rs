@@ -146,3 +146,15 @@ async fn apply(
         applied = desired;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// In a cluster the API server is HTTPS: the TLS stack (rustls with ring) must come up
+    /// without a process-wide crypto provider installed by hand.
+    #[tokio::test]
+    async fn an_https_api_server_client_can_be_built() {
+        let url = "https://10.96.0.1:443".parse().expect("valid URL");
+        let client = kube::Client::try_from(kube::Config::new(url));
+        assert!(client.is_ok(), "{:?}", client.err());
+    }
+}

@@ -97,7 +97,7 @@ fn addrs(sims: &[&Sim]) -> BTreeSet<String> {
 async fn requests_follow_pods_as_they_appear_change_and_go() -> anyhow::Result<()> {
     let test = "requests_follow_pods_as_they_appear_change_and_go";
     let (fake, kubeconfig) = fake_api(test).await?;
-    let stack = Stack::builder(test)
+    let mut stack = Stack::builder(test)
         .engines(3)
         .discovered_workers()
         .kvroute_env("KUBECONFIG", &kubeconfig)
@@ -179,6 +179,25 @@ async fn requests_follow_pods_as_they_appear_change_and_go() -> anyhow::Result<(
         serve(&stack, MODEL, 4).await?,
         BTreeSet::from([s0.id.clone()])
     );
+
+    // Health checks still apply: a ready pod whose engine stops answering stays listed,
+    // unhealthy, and gets nothing.
+    let (s0_id, s1_addr) = (s0.id.clone(), s1.addr.to_string());
+    fake.apply(&pods_path, engine_pod("engine-1b", s1, MODEL));
+    stack
+        .wait_workers(WAIT, |ws| healthy(ws).len() == 2)
+        .await?;
+    stack.kill_sim(1);
+    stack
+        .wait_workers(WAIT, |ws| {
+            ws.len() == 2
+                && ws
+                    .iter()
+                    .any(|w| w["address"] == s1_addr.as_str() && w["healthy"] == false)
+        })
+        .await?;
+    assert_eq!(serve(&stack, MODEL, 4).await?, BTreeSet::from([s0_id]));
+    assert!(fake.delete(&pods_path, "engine-1b"));
 
     // Deleted: gone.
     assert!(fake.delete(&pods_path, "engine-0"));
