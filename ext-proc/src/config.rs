@@ -151,6 +151,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Static workers.
     pub workers: Vec<WorkerConfig>,
+    /// Kubernetes discovery of further workers, if any.
+    pub discovery: Option<crate::discovery::DiscoveryConfig>,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -165,6 +167,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             health: HealthConfig::default(),
             workers: Vec::new(),
+            discovery: None,
             shutdown_grace_ms: 10_000,
         }
     }
@@ -202,6 +205,10 @@ impl Config {
         self.validate_gateway()?;
         self.validate_router()?;
         self.validate_health()?;
+        if let Some(d) = &self.discovery {
+            d.validate()
+                .map_err(|(field, message)| invalid(field, message))?;
+        }
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w
@@ -305,6 +312,19 @@ impl Config {
             self.health.timeout_ms,
             self.workers.len()
         ));
+        match self.discovery.as_ref().and_then(|d| d.source()) {
+            Some(crate::discovery::Source::Kubernetes(k)) => out.push_str(&format!(
+                "discovery: pods `{}` in {} (port {})\n",
+                k.label_selector,
+                k.namespaces.join(","),
+                k.port
+            )),
+            Some(crate::discovery::Source::InferencePool(p)) => out.push_str(&format!(
+                "discovery: InferencePool {}/{}\n",
+                p.namespace, p.name
+            )),
+            None => {}
+        }
         for w in &self.workers {
             let models = if w.models.is_empty() {
                 "discovered".to_owned()

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod discovery;
 pub mod extproc;
 pub mod health;
 pub mod metrics;

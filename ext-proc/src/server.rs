@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 
 use crate::admin::{self, AdminState};
 use crate::config::Config;
+use crate::discovery::Discovery;
 use crate::extproc::ExtProcService;
 use crate::health::{LIVENESS_SERVICE, READINESS_SERVICE, Workers};
 use crate::state::Shared;
@@ -34,6 +35,7 @@ pub struct Running {
     pub shared: Arc<Shared>,
     /// The worker registry.
     pub workers: Arc<Workers>,
+    discovery: Option<Discovery>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
@@ -79,6 +81,18 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .map_err(|e| anyhow::anyhow!("worker {}: {e}", w.address))?;
     }
 
+    let discovery = match &config.discovery {
+        Some(d) => {
+            let statics = config
+                .workers
+                .iter()
+                .filter_map(|w| w.socket_addr().ok().map(|a| a.to_string()))
+                .collect();
+            Some(Discovery::start(d, workers.clone(), statics).await?)
+        }
+        None => None,
+    };
+
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -116,6 +130,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         admin_addr,
         shared,
         workers,
+        discovery,
         shutdown,
         grpc,
         admin,
@@ -138,6 +153,9 @@ impl Running {
     /// Returns whether everything finished within the grace period.
     pub async fn shutdown(self) -> bool {
         let _ = self.shutdown.send(true);
+        if let Some(d) = &self.discovery {
+            d.stop();
+        }
         self.workers.stop();
         let Running {
             mut grpc,

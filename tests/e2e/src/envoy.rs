@@ -23,6 +23,7 @@ impl Envoy {
     /// Renders `envoy/<config>` for `layout`, starts Envoy and waits (up to `timeout`)
     /// until `/ready` says LIVE.
     pub(crate) async fn start(
+        name: &str,
         timeout: Duration,
         bin: &Path,
         config: &str,
@@ -33,9 +34,9 @@ impl Envoy {
         let template = std::fs::read_to_string(&template_path)
             .with_context(|| format!("cannot read {}", template_path.display()))?;
         let rendered = render_envoy_config(&template, layout)?;
-        let config_path = log_dir.join(format!("rendered-{config}"));
+        let config_path = log_dir.join(format!("rendered-{name}-{config}"));
         std::fs::write(&config_path, rendered)?;
-        let admin_path = log_dir.join("envoy-admin-address.txt");
+        let admin_path = log_dir.join(format!("{name}-admin-address.txt"));
         let args: Vec<String> = vec![
             "-c".into(),
             config_path.display().to_string(),
@@ -49,7 +50,7 @@ impl Envoy {
             "--admin-address-path".into(),
             admin_path.display().to_string(),
         ];
-        let mut proc = Proc::spawn("envoy", bin, &args, log_dir)?;
+        let mut proc = Proc::spawn(name, bin, &args, log_dir)?;
         let client = http_client(false)?;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {

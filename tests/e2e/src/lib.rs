@@ -20,6 +20,7 @@
 pub mod client;
 pub mod config;
 mod envoy;
+pub mod fake_kube;
 pub mod openai;
 pub mod paths;
 pub mod process;
@@ -29,4 +30,4 @@ pub mod stack;
 pub use client::http_client;
 pub use config::{BodyMode, EnvoyLayout, render_envoy_config};
 pub use sim::{MODEL, Sim};
-pub use stack::{Stack, StackBuilder};
+pub use stack::{Replica, Stack, StackBuilder};

@@ -26,6 +26,17 @@ impl Proc {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Proc> {
+        Proc::spawn_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// As [`Proc::spawn`], with extra environment variables.
+    pub fn spawn_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Proc> {
         let log = log_dir.join(format!("{name}.log"));
         let open_log = || -> anyhow::Result<File> {
             OpenOptions::new()
@@ -38,6 +49,7 @@ impl Proc {
         writeln!(header, "$ {} {}", program.display(), args.join(" "))?;
         let mut child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(open_log()?))

@@ -52,6 +52,7 @@ pub(crate) fn spawn_sim(
     bin: &Path,
     id: &str,
     engine: &str,
+    model: &str,
     time_scale: f64,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
@@ -61,7 +62,7 @@ pub(crate) fn spawn_sim(
         "--engine",
         engine,
         "--model",
-        MODEL,
+        model,
         "--id",
         id,
         "--block-size",

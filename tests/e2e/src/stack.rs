@@ -29,6 +29,9 @@ pub struct StackBuilder {
     outsider: bool,
     envoy_config: String,
     kvroute_config: Option<String>,
+    static_workers: bool,
+    kvroute_env: Vec<(String, String)>,
+    sim_models: Vec<String>,
 }
 
 impl StackBuilder {
@@ -36,6 +39,25 @@ impl StackBuilder {
     /// policy, health interval and workers).
     pub fn kvroute_config(mut self, yaml: &str) -> Self {
         self.kvroute_config = Some(yaml.to_string());
+        self
+    }
+
+    /// kvroute gets no `--worker` flags: its workers come from its config's `discovery`
+    /// section, so `start` does not wait for them (Envoy still lists every engine).
+    pub fn discovered_workers(mut self) -> Self {
+        self.static_workers = false;
+        self
+    }
+
+    /// An environment variable for kvroute (for example `KUBECONFIG`).
+    pub fn kvroute_env(mut self, key: &str, value: &str) -> Self {
+        self.kvroute_env.push((key.to_string(), value.to_string()));
+        self
+    }
+
+    /// The model each engine serves, by index (default [`MODEL`](crate::MODEL) for all).
+    pub fn sim_models(mut self, models: &[&str]) -> Self {
+        self.sim_models = models.iter().map(|m| m.to_string()).collect();
         self
     }
 
@@ -96,8 +118,13 @@ impl StackBuilder {
             kvroute: None,
             kvroute_bin,
             kvroute_args: Vec::new(),
+            kvroute_env: self.kvroute_env.clone(),
             kvroute_starts: 0,
+            static_workers: self.static_workers,
             envoy: None,
+            envoy_bin: envoy_bin.clone(),
+            envoy_config: self.envoy_config.clone(),
+            body_mode: self.body_mode,
             client: http_client(false)?,
         };
         let mut pending = Vec::new();
@@ -107,6 +134,7 @@ impl StackBuilder {
                 &sim_bin,
                 &format!("sim-{i}"),
                 "vllm",
+                self.sim_models.get(i).map_or(crate::MODEL, String::as_str),
                 self.time_scale,
                 &log_dir,
             )?);
@@ -116,6 +144,7 @@ impl StackBuilder {
                 &sim_bin,
                 "outsider",
                 "vllm",
+                crate::MODEL,
                 self.time_scale,
                 &log_dir,
             )?);
@@ -146,9 +175,11 @@ impl StackBuilder {
             args.push("--config".into());
             args.push(path.display().to_string());
         }
-        for sim in &stack.sims {
-            args.push("--worker".into());
-            args.push(format!("http://{}", sim.addr));
+        if self.static_workers {
+            for sim in &stack.sims {
+                args.push("--worker".into());
+                args.push(format!("http://{}", sim.addr));
+            }
         }
         stack.kvroute_args = args;
         let kvroute = stack.spawn_kvroute("kvroute", None).await?;
@@ -163,6 +194,7 @@ impl StackBuilder {
         };
         stack.envoy = Some(
             Envoy::start(
+                "envoy",
                 READY_TIMEOUT,
                 &envoy_bin,
                 &self.envoy_config,
@@ -171,7 +203,9 @@ impl StackBuilder {
             )
             .await?,
         );
-        stack.wait_alive_workers_healthy().await?;
+        if self.static_workers {
+            stack.wait_alive_workers_healthy().await?;
+        }
         Ok(stack)
     }
 }
@@ -191,9 +225,122 @@ pub struct Stack {
     kvroute: Option<Kvroute>,
     kvroute_bin: PathBuf,
     kvroute_args: Vec<String>,
+    kvroute_env: Vec<(String, String)>,
     kvroute_starts: u32,
+    static_workers: bool,
     envoy: Option<Envoy>,
+    envoy_bin: PathBuf,
+    envoy_config: String,
+    body_mode: BodyMode,
     client: reqwest::Client,
+}
+
+/// A second kvroute with its own Envoy, same arguments and engines as the stack's (see
+/// [`Stack::start_replica`]).
+pub struct Replica {
+    kvroute: Kvroute,
+    envoy: Envoy,
+    client: reqwest::Client,
+}
+
+impl Replica {
+    /// `http://<this replica's gateway><path>`.
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.envoy.listen)
+    }
+
+    /// `http://<this replica's kvroute admin><path>`.
+    pub fn kvroute_admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.kvroute.admin)
+    }
+
+    /// POSTs `body` as JSON to this replica's gateway.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .client
+            .post(self.gateway_url(path))
+            .json(body)
+            .send()
+            .await?)
+    }
+
+    /// Whether this replica's Envoy lists every host of `cluster` as healthy.
+    pub async fn envoy_cluster_healthy(&self, cluster: &str) -> anyhow::Result<bool> {
+        let url = format!("http://{}/clusters", self.envoy.admin);
+        cluster_healthy(&self.client, &url, cluster).await
+    }
+
+    /// Polls this replica's `GET /workers` until `pred` holds.
+    pub async fn wait_workers(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[Value]) -> bool,
+    ) -> anyhow::Result<Vec<Value>> {
+        wait_workers_at(
+            &self.client,
+            &self.kvroute_admin_url("/workers"),
+            timeout,
+            pred,
+        )
+        .await
+    }
+}
+
+/// Whether the Envoy admin `/clusters` page at `url` lists every host of `cluster` healthy.
+async fn cluster_healthy(
+    client: &reqwest::Client,
+    url: &str,
+    cluster: &str,
+) -> anyhow::Result<bool> {
+    let text = client.get(url).send().await?.text().await?;
+    let prefix = format!("{cluster}::");
+    let flags: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with(&prefix) && l.contains("::health_flags::"))
+        .filter_map(|l| l.rsplit("::").next())
+        .collect();
+    anyhow::ensure!(
+        !flags.is_empty(),
+        "Envoy lists no host of cluster {cluster}"
+    );
+    Ok(flags.iter().all(|f| *f == "healthy"))
+}
+
+/// `GET <url>` (a kvroute `/workers`) as a list.
+async fn get_workers(client: &reqwest::Client, url: &str) -> anyhow::Result<Vec<Value>> {
+    let resp = client.get(url).send().await?;
+    let status = resp.status();
+    let body: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("GET /workers: {status} {body}");
+    }
+    let list = body
+        .as_array()
+        .or_else(|| body.get("workers").and_then(Value::as_array))
+        .ok_or_else(|| anyhow!("GET /workers: not a list: {body}"))?;
+    Ok(list.clone())
+}
+
+/// Polls `GET <url>` until `pred` holds; returns the list that satisfied it.
+async fn wait_workers_at(
+    client: &reqwest::Client,
+    url: &str,
+    timeout: Duration,
+    pred: impl Fn(&[Value]) -> bool,
+) -> anyhow::Result<Vec<Value>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let last = get_workers(client, url).await;
+        if let Ok(ws) = &last
+            && pred(ws)
+        {
+            return Ok(ws.clone());
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("condition on GET /workers not met within {timeout:?}; last: {last:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 impl Stack {
@@ -209,6 +356,9 @@ impl Stack {
             outsider: false,
             envoy_config: "envoy.yaml".to_string(),
             kvroute_config: None,
+            static_workers: true,
+            kvroute_env: Vec::new(),
+            sim_models: Vec::new(),
         }
     }
 
@@ -274,21 +424,33 @@ impl Stack {
 
     /// kvroute's `GET /workers`.
     pub async fn workers(&self) -> anyhow::Result<Vec<Value>> {
-        let resp = self
-            .client
-            .get(self.kvroute_admin_url("/workers"))
-            .send()
-            .await?;
-        let status = resp.status();
-        let body: Value = resp.json().await?;
-        if !status.is_success() {
-            bail!("GET /workers: {status} {body}");
-        }
-        let list = body
-            .as_array()
-            .or_else(|| body.get("workers").and_then(Value::as_array))
-            .ok_or_else(|| anyhow!("GET /workers: not a list: {body}"))?;
-        Ok(list.clone())
+        get_workers(&self.client, &self.kvroute_admin_url("/workers")).await
+    }
+
+    /// Starts another kvroute (same arguments, environment and engines, its own ports) with
+    /// its own Envoy (same config and engines): a second replica of the gateway.
+    pub async fn start_replica(&self, name: &str) -> anyhow::Result<Replica> {
+        let kvroute = self.spawn_kvroute(&format!("kvroute-{name}"), None).await?;
+        let layout = EnvoyLayout {
+            listen_port: 0,
+            kvroute_grpc: kvroute.grpc,
+            engines: self.sims.iter().map(|s| s.addr).collect(),
+            body_mode: self.body_mode,
+        };
+        let envoy = Envoy::start(
+            &format!("envoy-{name}"),
+            READY_TIMEOUT,
+            &self.envoy_bin,
+            &self.envoy_config,
+            &layout,
+            &self.log_dir,
+        )
+        .await?;
+        Ok(Replica {
+            kvroute,
+            envoy,
+            client: http_client(false)?,
+        })
     }
 
     /// Polls `GET /workers` until `pred` holds; returns the list that satisfied it.
@@ -297,19 +459,13 @@ impl Stack {
         timeout: Duration,
         pred: impl Fn(&[Value]) -> bool,
     ) -> anyhow::Result<Vec<Value>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let last = self.workers().await;
-            if let Ok(ws) = &last
-                && pred(ws)
-            {
-                return Ok(ws.clone());
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("condition on GET /workers not met within {timeout:?}; last: {last:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        wait_workers_at(
+            &self.client,
+            &self.kvroute_admin_url("/workers"),
+            timeout,
+            pred,
+        )
+        .await
     }
 
     /// The `GET /workers` entry of an engine, matched by its `ip:port`.
@@ -377,6 +533,9 @@ impl Stack {
         let name = format!("kvroute-{}", self.kvroute_starts);
         let started = self.spawn_kvroute(&name, Some(addrs)).await?;
         self.kvroute = Some(started);
+        if !self.static_workers {
+            return Ok(());
+        }
         self.wait_alive_workers_healthy().await
     }
 
@@ -410,7 +569,13 @@ impl Stack {
                 }
             }
         }
-        let mut proc = Proc::spawn(name, &self.kvroute_bin, &args, &self.log_dir)?;
+        let mut proc = Proc::spawn_with_env(
+            name,
+            &self.kvroute_bin,
+            &args,
+            &self.kvroute_env,
+            &self.log_dir,
+        )?;
         let line = proc.wait_for_line("kvroute ready ", READY_TIMEOUT).await?;
         let (grpc, admin) = parse_kvroute_ready(&line)?;
         Ok(Kvroute { grpc, admin, proc })
@@ -425,24 +590,7 @@ impl Stack {
 
     /// Whether Envoy's admin `/clusters` lists every host of `cluster` as healthy.
     pub async fn envoy_cluster_healthy(&self, cluster: &str) -> anyhow::Result<bool> {
-        let text = self
-            .client
-            .get(self.envoy_admin_url("/clusters"))
-            .send()
-            .await?
-            .text()
-            .await?;
-        let prefix = format!("{cluster}::");
-        let flags: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with(&prefix) && l.contains("::health_flags::"))
-            .filter_map(|l| l.rsplit("::").next())
-            .collect();
-        anyhow::ensure!(
-            !flags.is_empty(),
-            "Envoy lists no host of cluster {cluster}"
-        );
-        Ok(flags.iter().all(|f| *f == "healthy"))
+        cluster_healthy(&self.client, &self.envoy_admin_url("/clusters"), cluster).await
     }
 
     /// Sum of the samples of metric `name` on kvroute's `/metrics` whose labels include
