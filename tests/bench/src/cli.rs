@@ -114,6 +114,9 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// After the summary, explain the results in a few sentences (hit rates, TTFT ratio).
+    #[arg(long)]
+    pub explain: bool,
     /// Print the workload and its oracle hit rate, send nothing.
     #[arg(long)]
     pub dry_run: bool,
