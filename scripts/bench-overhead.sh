@@ -5,7 +5,8 @@
 # simulated costs): the shipped envoy/envoy.yaml listener (ext_proc -> kvroute, cache_aware)
 # and a plain round-robin listener derived from it (`kvroute-bench envoy-config`). Then
 # `kvroute-bench overhead` alternates small batches between the two, per prompt size and
-# concurrency, and reports p50/p99, the differences, requests/s and kvroute's RSS.
+# concurrency, and reports p50/p99, the differences, requests/s, the CPU time per request of
+# Envoy and kvroute, and their RSS.
 #
 # Everything it starts is stopped on exit, error or Ctrl-C. Run files go to ./.run/overhead/.
 # Knobs (environment): OVERHEAD_SIZES (bytes, default 1024,225280), OVERHEAD_CONCURRENCY
@@ -88,7 +89,7 @@ log "4 engines, kvroute (cache_aware), Envoy: plain :$PLAIN_PORT, with kvroute :
   --target "envoy+kvroute=http://127.0.0.1:$KVROUTE_PORT" \
   --prompt-bytes "$sizes" --concurrency "$concurrency" --requests "$requests" \
   --metrics "kvroute=http://127.0.0.1:$KVROUTE_ADMIN_PORT/metrics" \
-  --watch-pid "kvroute=$kvroute_pid" \
+  --watch-pid "kvroute=$kvroute_pid" --watch-pid "envoy=$envoy_pid" \
   --report "$run_dir/report.json" | tee "$run_dir/summary.txt"
 
 # Fail-open would hide kvroute: show how many requests Envoy let through without it.

@@ -245,6 +245,11 @@ async fn overhead_alternates_targets_and_reports_every_cell() {
     assert_eq!(report.max_throughput.len(), 2);
     assert!(report.max_throughput.iter().all(|m| m.share[0].1 > 0.0));
     if cfg!(target_os = "linux") {
+        assert!(
+            report.cells[0].targets[0]
+                .cpu_us_per_request
+                .contains_key("sim")
+        );
         let mem = &report.memory[0];
         assert!(mem.rest_kib.is_some_and(|k| k > 0) && mem.peak_kib.is_some_and(|k| k > 0));
     }

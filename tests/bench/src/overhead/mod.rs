@@ -6,8 +6,8 @@
 //! what differs is the gateway path alone.
 
 pub mod load;
+pub mod procfs;
 pub mod report;
-pub mod rss;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,8 +23,8 @@ use crate::engines::first_model;
 use crate::prom::parse;
 use crate::stats::summarize;
 use load::{BatchResult, Bodies, batch};
+use procfs::{PeakSampler, cpu_seconds, rss_kib};
 use report::{Cell, CellTarget, Decisions, Memory, OverheadReport, max_throughput, size_label};
-use rss::{PeakSampler, rss_kib};
 
 /// Arguments of `overhead`.
 #[derive(Clone, Debug, Args)]
@@ -127,7 +127,16 @@ pub async fn overhead_command(args: &OverheadArgs) -> Result<OverheadReport> {
             for s in &samplers {
                 s.take_peak();
             }
-            let mut cell = run_cell(&client, &names, &urls, &bodies, size, conc, args).await;
+            let mut cell = run_cell(
+                &client,
+                &names,
+                &urls,
+                &bodies,
+                (size, conc),
+                &watched,
+                args,
+            )
+            .await;
             let after = scrape_all(&client, &metrics).await;
             cell.decisions = decisions(&metrics, &before, &after);
             for ((name, _), (s, m)) in watched.iter().zip(samplers.iter().zip(&mut memory)) {
@@ -165,8 +174,8 @@ async fn run_cell(
     names: &[String],
     urls: &[String],
     bodies: &Arc<Bodies>,
-    size: usize,
-    conc: usize,
+    (size, conc): (usize, usize),
+    watched: &[(String, u32)],
     args: &OverheadArgs,
 ) -> Cell {
     let per_batch = (conc * args.batch_factor.max(1)).max(32).min(args.requests);
@@ -176,13 +185,21 @@ async fn run_cell(
         }
     }
     let mut runs: Vec<BatchResult> = urls.iter().map(|_| BatchResult::default()).collect();
+    // CPU seconds of each watched process during each target's batches.
+    let mut cpu = vec![vec![0.0f64; watched.len()]; urls.len()];
     let mut remaining = args.requests;
     let mut round = 0;
     while remaining > 0 {
         let n = per_batch.min(remaining);
         for k in 0..urls.len() {
             let i = (round + k) % urls.len();
+            let cpu0: Vec<Option<f64>> = watched.iter().map(|w| cpu_seconds(w.1)).collect();
             let r = batch(client, &urls[i], bodies, n, conc).await;
+            for (j, w) in watched.iter().enumerate() {
+                if let (Some(a), Some(b)) = (cpu0[j], cpu_seconds(w.1)) {
+                    cpu[i][j] += b - a;
+                }
+            }
             runs[i].latencies_ms.extend(r.latencies_ms);
             runs[i].errors.extend(r.errors);
             runs[i].elapsed += r.elapsed;
@@ -192,14 +209,22 @@ async fn run_cell(
     }
     let targets: Vec<CellTarget> = names
         .iter()
-        .zip(&runs)
-        .map(|(name, r)| {
+        .zip(runs.iter().zip(&cpu))
+        .map(|(name, (r, cpu))| {
             let mut errors = BTreeMap::new();
             for e in &r.errors {
                 *errors.entry(e.to_string()).or_insert(0) += 1;
             }
             let secs = r.elapsed.as_secs_f64();
+            let done = r.latencies_ms.len() + r.errors.len();
+            let cpu_us_per_request = watched
+                .iter()
+                .zip(cpu)
+                .filter(|_| done > 0)
+                .map(|((name, _), s)| (name.clone(), s * 1e6 / done as f64))
+                .collect();
             CellTarget {
+                cpu_us_per_request,
                 name: name.clone(),
                 latency_ms: summarize(&r.latencies_ms),
                 errors,

@@ -53,6 +53,9 @@ pub struct CellTarget {
     pub errors: BTreeMap<String, usize>,
     /// Requests completed per second of the target's own batches.
     pub requests_per_sec: f64,
+    /// CPU time per request of each watched process during this target's batches, in
+    /// microseconds (`/proc` ticks of 10 ms, summed over the cell).
+    pub cpu_us_per_request: BTreeMap<String, f64>,
 }
 
 /// A target against the baseline in one cell.
@@ -219,6 +222,24 @@ pub fn table(report: &OverheadReport) -> String {
             }
             out.push('\n');
         }
+        for t in cell
+            .targets
+            .iter()
+            .filter(|t| !t.cpu_us_per_request.is_empty())
+        {
+            let cpu: Vec<String> = t
+                .cpu_us_per_request
+                .iter()
+                .map(|(n, us)| format!("{n} {us:.0} us"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "{:>16}CPU per {} request: {}",
+                "",
+                t.name,
+                cpu.join(", ")
+            );
+        }
         for d in &cell.decisions {
             let _ = writeln!(
                 out,
@@ -272,6 +293,7 @@ mod tests {
             latency_ms: summarize(samples),
             errors: BTreeMap::new(),
             requests_per_sec: rps,
+            cpu_us_per_request: BTreeMap::new(),
         }
     }
 

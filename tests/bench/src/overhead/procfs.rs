@@ -1,4 +1,4 @@
-//! Resident memory of a local process, from `/proc/<pid>/status` (Linux).
+//! Resident memory and CPU time of a local process, from `/proc` (Linux).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,6 +19,25 @@ pub fn parse_status_kib(status: &str, key: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times (`USER_HZ`, 100 in Linux's ABI).
+const USER_HZ: f64 = 100.0;
+
+/// CPU time (user + system) the process has used so far, in seconds; `None` when unreadable.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu(&stat).map(|ticks| ticks as f64 / USER_HZ)
+}
+
+/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks.
+pub fn parse_stat_cpu(stat: &str) -> Option<u64> {
+    // The command name (field 2) may hold spaces and parentheses: count after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
 }
 
 /// Samples a process's RSS in the background and keeps the largest value seen since the last
@@ -70,6 +89,13 @@ mod tests {
         assert_eq!(parse_status_kib(status, "VmHWM:"), Some(20480));
         assert_eq!(parse_status_kib(status, "VmSwap:"), None);
         assert_eq!(parse_status_kib("VmRSS: lots", "VmRSS:"), None);
+    }
+
+    #[test]
+    fn parses_stat_cpu_times() {
+        let stat = "42 (tokio (rt) x) S 1 42 42 0 -1 4194560 500 0 0 0 250 75 0 0 20 0 4 0";
+        assert_eq!(parse_stat_cpu(stat), Some(325));
+        assert_eq!(parse_stat_cpu("garbage"), None);
     }
 
     #[tokio::test]
