@@ -96,4 +96,4 @@ log "4 engines, kvroute (cache_aware), Envoy: plain :$PLAIN_PORT, with kvroute :
 curl -fsS "http://127.0.0.1:$ENVOY_ADMIN_PORT/stats" |
   grep -E '^http\.gateway\.ext_proc\.(failure_mode_allowed|message_timeouts|streams_failed):' |
   tee -a "$run_dir/summary.txt" || true
-log "report: $run_dir/report.json, logs: $run_dir/"
+log "report: .run/overhead/report.json, logs: .run/overhead/"

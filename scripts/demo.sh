@@ -120,4 +120,4 @@ cat <<TEXT | tee -a "$run_dir/summary.txt"
   cache_aware policy sends a group to the engine that already holds its prefix (unless that
   engine is overloaded): each engine caches about a quarter of the prompts, which fit.
 TEXT
-log "report: $run_dir/report.json, plot: $run_dir/plot.svg, logs: $run_dir/"
+log "report: .run/demo/report.json, plot: .run/demo/plot.svg, logs: .run/demo/"
