@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench clean
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead clean
 
 all: build
 
@@ -43,6 +43,10 @@ unit: build
 
 bench:
 	$(CARGO) bench -p kvroute-core
+
+## Latency and throughput Envoy + kvroute adds over Envoy alone (docs/performance.md).
+bench-overhead: setup
+	scripts/bench-overhead.sh
 
 clean:
 	$(CARGO) clean

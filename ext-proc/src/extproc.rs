@@ -345,14 +345,29 @@ impl StreamHandler {
         &self,
         f: impl FnOnce(&kvroute_core::Gateway, &mut kvroute_core::Router, u64) -> Outcome,
     ) -> Outcome {
-        let started = Instant::now();
+        self.decide_since(Instant::now(), f)
+    }
+
+    /// [`StreamHandler::decide`] for a decision that started at `started` (body parsing done
+    /// outside the lock counts in its duration).
+    fn decide_since(
+        &self,
+        started: Instant,
+        f: impl FnOnce(&kvroute_core::Gateway, &mut kvroute_core::Router, u64) -> Outcome,
+    ) -> Outcome {
         let now = self.shared.now_ms();
         let outcome = {
             let mut router = self.shared.router();
             f(&self.shared.gateway, &mut router, now)
         };
+        self.record(started, &outcome);
+        outcome
+    }
+
+    /// Records a decision's metrics.
+    fn record(&self, started: Instant, outcome: &Outcome) {
         let secs = started.elapsed().as_secs_f64();
-        match &outcome {
+        match outcome {
             Outcome::Forward(f) => {
                 self.shared.metrics.record_decision(
                     f.routed.policy,
@@ -369,7 +384,6 @@ impl StreamHandler {
                 debug!(status = r.status, "local reply");
             }
         }
-        outcome
     }
 
     /// Turns a forward into the destination header mutation and metadata, keeping its ticket.
@@ -505,16 +519,24 @@ impl StreamHandler {
             return Ok(());
         };
         let body = std::mem::take(&mut self.body);
-        let outcome = self.decide(|gw, router, now| {
-            gw.route_inference(
-                router,
-                route,
-                &body,
-                session.as_deref(),
-                as_refs(&subset).as_deref(),
-                now,
-            )
-        });
+        // Parsing is linear in the body: done before taking the router lock.
+        let started = Instant::now();
+        let outcome = match self.shared.gateway.parse_inference(route, &body) {
+            Ok(parsed) => self.decide_since(started, |gw, router, now| {
+                gw.route_parsed(
+                    router,
+                    &parsed,
+                    session.as_deref(),
+                    as_refs(&subset).as_deref(),
+                    now,
+                )
+            }),
+            Err(reply) => {
+                let outcome = Outcome::Reply(reply);
+                self.record(started, &outcome);
+                outcome
+            }
+        };
         match outcome {
             Outcome::Reply(reply) => self.reply(&reply).await,
             Outcome::Forward(fwd) if headers_answered => {

@@ -7,7 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::OpenAiError;
-use crate::request::{ApiRoute, RequestError, RouteRequest, parse_request};
+use crate::request::{ApiRoute, ParsedRequest, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
 
 /// Header the Gateway API Inference Extension protocol uses for the chosen endpoints.
@@ -178,16 +178,9 @@ impl Gateway {
         now_ms: u64,
         observe: impl FnOnce(&RouteRequest<'_>, &Routed),
     ) -> Outcome {
-        if let Err(reply) = self.check_body_size(body.len()) {
-            return Outcome::Reply(reply);
-        }
-        if body.iter().all(u8::is_ascii_whitespace) {
-            let err = RequestError::InvalidJson("request body is empty".to_owned());
-            return Outcome::Reply(LocalReply::from_request_error(&err));
-        }
-        let parsed = match parse_request(route, body) {
+        let parsed = match self.parse_inference(route, body) {
             Ok(p) => p,
-            Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),
+            Err(reply) => return Outcome::Reply(reply),
         };
         let req = parsed.route_request(session);
         let result = router.route(&req, subset, now_ms);
@@ -195,6 +188,36 @@ impl Gateway {
             observe(&req, routed);
         }
         self.finish(result)
+    }
+
+    /// Checks and parses an inference body without the router: the costly part of a decision
+    /// (linear in the body), which shells run outside their router lock before
+    /// [`Gateway::route_parsed`]. Errors are the local reply to send (400, 413).
+    pub fn parse_inference<'a>(
+        &self,
+        route: ApiRoute,
+        body: &'a [u8],
+    ) -> Result<ParsedRequest<'a>, LocalReply> {
+        self.check_body_size(body.len())?;
+        if body.iter().all(u8::is_ascii_whitespace) {
+            let err = RequestError::InvalidJson("request body is empty".to_owned());
+            return Err(LocalReply::from_request_error(&err));
+        }
+        parse_request(route, body).map_err(|err| LocalReply::from_request_error(&err))
+    }
+
+    /// Routes a request parsed by [`Gateway::parse_inference`]; with it, the same outcome as
+    /// [`Gateway::route_inference`].
+    pub fn route_parsed(
+        &self,
+        router: &mut Router,
+        parsed: &ParsedRequest<'_>,
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Outcome {
+        let req = parsed.route_request(session);
+        self.finish(router.route(&req, subset, now_ms))
     }
 
     /// Routes a request that is not routed by content (no body parsing): the least-loaded
@@ -342,6 +365,48 @@ mod tests {
             }
         }
         assert_eq!(r.outstanding(), 0);
+    }
+
+    #[test]
+    fn parse_then_route_matches_route_inference() {
+        let gw = Gateway::default();
+        let (mut a, mut b) = (router("cache_aware"), router("cache_aware"));
+        let bodies: [&[u8]; 3] = [
+            br#"{"model":"m","prompt":"shared prefix one"}"#,
+            br#"{"model":"m","prompt":"shared prefix two"}"#,
+            br#"{"model":"m","prompt":"other"}"#,
+        ];
+        for (i, body) in bodies.iter().enumerate() {
+            let now = i as u64;
+            let one = gw.route_inference(&mut a, ApiRoute::Completions, body, Some("s"), None, now);
+            let parsed = gw.parse_inference(ApiRoute::Completions, body).unwrap();
+            let two = gw.route_parsed(&mut b, &parsed, Some("s"), None, now);
+            match (one, two) {
+                (Outcome::Forward(x), Outcome::Forward(y)) => {
+                    assert_eq!(x.destination, y.destination);
+                    a.complete(x.routed.ticket);
+                    b.complete(y.routed.ticket);
+                }
+                other => panic!("expected two forwards, got {other:?}"),
+            }
+        }
+        assert_eq!(
+            gw.parse_inference(ApiRoute::Completions, b" ")
+                .unwrap_err()
+                .status,
+            400
+        );
+        let small = Gateway::new(GatewayConfig {
+            max_body_bytes: 4,
+            ..GatewayConfig::default()
+        });
+        assert_eq!(
+            small
+                .parse_inference(ApiRoute::Completions, b"{\"prompt\":1}")
+                .unwrap_err()
+                .status,
+            413
+        );
     }
 
     #[test]

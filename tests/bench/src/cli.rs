@@ -30,6 +30,10 @@ pub struct Cli {
 pub enum Command {
     /// Send a workload through one or more targets and report TTFT, latency and cache hits.
     Run(RunArgs),
+    /// Measure the latency and throughput a gateway adds over a baseline (interleaved).
+    Overhead(crate::overhead::OverheadArgs),
+    /// Render the shipped Envoy config for local ports, optionally with a plain listener.
+    EnvoyConfig(crate::envoy_config::EnvoyConfigArgs),
 }
 
 /// Arguments of `run`.
@@ -110,6 +114,9 @@ pub struct RunArgs {
     /// No progress output.
     #[arg(long)]
     pub quiet: bool,
+    /// After the summary, explain the results in a few sentences (hit rates, TTFT ratio).
+    #[arg(long)]
+    pub explain: bool,
     /// Print the workload and its oracle hit rate, send nothing.
     #[arg(long)]
     pub dry_run: bool,

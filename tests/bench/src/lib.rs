@@ -5,7 +5,10 @@
 pub mod cli;
 pub mod client;
 pub mod engines;
+pub mod envoy_config;
+pub mod explain;
 pub mod oracle;
+pub mod overhead;
 pub mod plot;
 pub mod progress;
 pub mod prom;

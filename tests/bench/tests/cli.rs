@@ -73,3 +73,53 @@ fn bad_arguments_fail_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a --target"));
 }
+
+#[test]
+fn envoy_config_renders_the_shipped_file_with_a_plain_listener() {
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../../envoy/envoy.yaml");
+    let path = std::env::temp_dir().join(format!("kvroute-envoy-{}.yaml", std::process::id()));
+    let out = bench()
+        .args(["envoy-config", "--template", template])
+        .args([
+            "--listen",
+            "127.0.0.1:10101",
+            "--kvroute",
+            "127.0.0.1:19002",
+        ])
+        .args([
+            "--engine",
+            "127.0.0.1:18001",
+            "--plain-listen",
+            "127.0.0.1:10100",
+        ])
+        .arg("--output")
+        .arg(&path)
+        .output()
+        .expect("run kvroute-bench");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = std::fs::read_to_string(&path).expect("rendered config");
+    std::fs::remove_file(&path).ok();
+    assert!(yaml.contains("name: roundrobin"), "{yaml}");
+    assert!(yaml.contains("port_value: 10100") && yaml.contains("port_value: 18001"));
+    assert!(yaml.contains("envoy.filters.http.ext_proc"));
+}
+
+#[test]
+fn overhead_rejects_zero_concurrency() {
+    let out = bench()
+        .args([
+            "overhead",
+            "--target",
+            "a=http://127.0.0.1:9",
+            "--concurrency",
+            "0",
+        ])
+        .output()
+        .expect("run kvroute-bench");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--concurrency"));
+}

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use kvroute_bench::cli::{Cli, Command, run_command};
+use kvroute_bench::overhead::overhead_command;
 use kvroute_bench::report::{Report, TargetReport};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command as Process};
@@ -81,6 +82,7 @@ fn parse_run(args: &[&str]) -> kvroute_bench::cli::RunArgs {
     argv.extend_from_slice(args);
     match Cli::parse_from(argv).command {
         Command::Run(a) => a,
+        other => panic!("expected `run`, got {other:?}"),
     }
 }
 
@@ -188,4 +190,67 @@ async fn two_simulated_engines() {
         "after flush: hit {hit} vs oracle {oracle}"
     );
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overhead_alternates_targets_and_reports_every_cell() {
+    let (a, url_a) = start_sim("o1").await;
+    let (_b, url_b) = start_sim("o2").await;
+    let pid = a.id().expect("pid").to_string();
+    let (ta, tb, watch) = (
+        format!("a={url_a}"),
+        format!("b={url_b}"),
+        format!("sim={pid}"),
+    );
+    let metrics = format!("sim={url_a}/metrics");
+    let argv = [
+        "kvroute-bench",
+        "overhead",
+        "--target",
+        &ta,
+        "--target",
+        &tb,
+        "--model",
+        "sim-model",
+        "--prompt-bytes",
+        "256,2048",
+        "--concurrency",
+        "1,4",
+        "--requests",
+        "40",
+        "--watch-pid",
+        &watch,
+        "--metrics",
+        &metrics,
+        "--quiet",
+    ];
+    let Command::Overhead(args) = Cli::parse_from(argv).command else {
+        panic!("expected `overhead`");
+    };
+    let report = overhead_command(&args).await.expect("overhead");
+    assert_eq!(report.targets, ["a", "b"]);
+    assert_eq!(report.cells.len(), 4);
+    for cell in &report.cells {
+        assert_eq!(cell.targets.len(), 2);
+        for t in &cell.targets {
+            assert_eq!(t.latency_ms.count, 40, "{}: {:?}", t.name, t.errors);
+            assert!(t.errors.is_empty());
+            assert!(t.latency_ms.p50 > 0.0 && t.requests_per_sec > 0.0);
+        }
+        assert_eq!(cell.deltas.len(), 1);
+        assert_eq!(cell.deltas[0].baseline, "a");
+        // The simulator exports no kvroute decision histogram.
+        assert!(cell.decisions.is_empty());
+    }
+    assert_eq!(report.max_throughput.len(), 2);
+    assert!(report.max_throughput.iter().all(|m| m.share[0].1 > 0.0));
+    if cfg!(target_os = "linux") {
+        assert!(
+            report.cells[0].targets[0]
+                .cpu_us_per_request
+                .contains_key("sim")
+        );
+        let mem = &report.memory[0];
+        assert!(mem.rest_kib.is_some_and(|k| k > 0) && mem.peak_kib.is_some_and(|k| k > 0));
+    }
 }
