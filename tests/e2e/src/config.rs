@@ -36,29 +36,133 @@ pub struct EnvoyLayout {
 /// Returns `template` (an Envoy bootstrap in YAML) rewritten for `layout`; admin on an
 /// ephemeral 127.0.0.1 port (use `--admin-address-path` to learn it).
 pub fn render_envoy_config(template: &str, layout: &EnvoyLayout) -> anyhow::Result<String> {
-    let mut doc: Value = serde_yaml_ng::from_str(template).context("Envoy config is not YAML")?;
-    let admin = field(
-        field(field(&mut doc, "admin")?, "address")?,
-        "socket_address",
+    let mut config = EnvoyConfig::parse(template)?;
+    config.admin_on_ephemeral_port()?;
+    config.listen(
+        "gateway",
+        SocketAddr::from(([127, 0, 0, 1], layout.listen_port)),
     )?;
-    *field(admin, "address")? = Value::from("127.0.0.1");
-    *field(admin, "port_value")? = Value::from(0);
-
-    let resources = field(&mut doc, "static_resources")?;
-    let listener = named(field(resources, "listeners")?, "gateway")?;
-    *field(listener, "address")? =
-        socket_address(SocketAddr::from(([127, 0, 0, 1], layout.listen_port)))?;
     if layout.body_mode == BodyMode::FullDuplexStreamed {
-        set_full_duplex(listener)?;
+        set_full_duplex(config.listener("gateway")?)?;
+    }
+    config.cluster_endpoints("kvroute", &[layout.kvroute_grpc])?;
+    if config.cluster("engines")?.get("load_assignment").is_some() {
+        config.cluster_endpoints("engines", &layout.engines)?;
+    }
+    config.render()
+}
+
+/// A parsed Envoy bootstrap, edited in well-defined spots and rendered back to YAML.
+#[derive(Debug, Clone)]
+pub struct EnvoyConfig {
+    doc: Value,
+}
+
+impl EnvoyConfig {
+    /// Parses an Envoy bootstrap in YAML.
+    pub fn parse(template: &str) -> anyhow::Result<EnvoyConfig> {
+        let doc = serde_yaml_ng::from_str(template).context("Envoy config is not YAML")?;
+        Ok(EnvoyConfig { doc })
     }
 
-    let clusters = field(resources, "clusters")?;
-    set_endpoints(named(clusters, "kvroute")?, &[layout.kvroute_grpc])?;
-    let engines = named(clusters, "engines")?;
-    if engines.get("load_assignment").is_some() {
-        set_endpoints(engines, &layout.engines)?;
+    /// Reads and parses the shipped config `envoy/<file>`.
+    pub fn shipped(file: &str) -> anyhow::Result<EnvoyConfig> {
+        let path = crate::paths::envoy_config(file);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        EnvoyConfig::parse(&text)
     }
-    serde_yaml_ng::to_string(&doc).context("cannot serialize the rendered Envoy config")
+
+    /// Puts the admin interface on an ephemeral 127.0.0.1 port.
+    pub fn admin_on_ephemeral_port(&mut self) -> anyhow::Result<()> {
+        let admin = field(
+            field(field(&mut self.doc, "admin")?, "address")?,
+            "socket_address",
+        )?;
+        *field(admin, "address")? = Value::from("127.0.0.1");
+        *field(admin, "port_value")? = Value::from(0);
+        Ok(())
+    }
+
+    /// The listener named `name`.
+    pub fn listener(&mut self, name: &str) -> anyhow::Result<&mut Value> {
+        named(field(self.resources()?, "listeners")?, name)
+    }
+
+    /// Binds listener `name` to `addr` (port 0: any free port).
+    pub fn listen(&mut self, name: &str, addr: SocketAddr) -> anyhow::Result<()> {
+        *field(self.listener(name)?, "address")? = socket_address(addr)?;
+        Ok(())
+    }
+
+    /// The HTTP filter list of listener `name`'s first filter chain.
+    pub fn http_filters(&mut self, listener: &str) -> anyhow::Result<&mut Vec<Value>> {
+        let chain = field(self.listener(listener)?, "filter_chains")?
+            .get_mut(0)
+            .ok_or_else(|| anyhow!("Envoy config: listener {listener:?} has no filter chain"))?;
+        let hcm = named(
+            field(chain, "filters")?,
+            "envoy.filters.network.http_connection_manager",
+        )?;
+        field(field(hcm, "typed_config")?, "http_filters")?
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("Envoy config: http_filters is not a list"))
+    }
+
+    /// The HTTP filter named `name` of listener `listener`.
+    pub fn http_filter(&mut self, listener: &str, name: &str) -> anyhow::Result<&mut Value> {
+        self.http_filters(listener)?
+            .iter_mut()
+            .find(|f| f.get("name").and_then(Value::as_str) == Some(name))
+            .ok_or_else(|| anyhow!("Envoy config: no HTTP filter named {name:?}"))
+    }
+
+    /// Removes the HTTP filter named `name` from listener `listener`; fails if it is absent.
+    pub fn remove_http_filter(&mut self, listener: &str, name: &str) -> anyhow::Result<()> {
+        let filters = self.http_filters(listener)?;
+        let before = filters.len();
+        filters.retain(|f| f.get("name").and_then(Value::as_str) != Some(name));
+        if filters.len() == before {
+            bail!("Envoy config: no HTTP filter named {name:?} to remove");
+        }
+        Ok(())
+    }
+
+    /// The cluster named `name`.
+    pub fn cluster(&mut self, name: &str) -> anyhow::Result<&mut Value> {
+        named(field(self.resources()?, "clusters")?, name)
+    }
+
+    /// Replaces cluster `name`'s endpoints with `addrs` (one locality).
+    pub fn cluster_endpoints(&mut self, name: &str, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+        set_endpoints(self.cluster(name)?, addrs)
+    }
+
+    /// Adds a `STATIC` cluster `name` over `addrs`.
+    pub fn add_static_cluster(&mut self, name: &str, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+        let mut cluster = serde_yaml_ng::to_value(json!({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": { "cluster_name": name, "endpoints": [] },
+        }))?;
+        set_endpoints(&mut cluster, addrs)?;
+        field(self.resources()?, "clusters")?
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("Envoy config: clusters is not a list"))?
+            .push(cluster);
+        Ok(())
+    }
+
+    /// The config as YAML.
+    pub fn render(&self) -> anyhow::Result<String> {
+        serde_yaml_ng::to_string(&self.doc).context("cannot serialize the rendered Envoy config")
+    }
+
+    /// `static_resources`.
+    fn resources(&mut self) -> anyhow::Result<&mut Value> {
+        field(&mut self.doc, "static_resources")
+    }
 }
 
 /// The mapping entry `key` of `value`.

@@ -1,7 +1,7 @@
 //! The real Envoy, started on a rendered copy of a shipped config.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
@@ -12,11 +12,42 @@ use crate::config::{EnvoyLayout, render_envoy_config};
 use crate::paths;
 use crate::process::Proc;
 
-/// The running Envoy.
-pub(crate) struct Envoy {
+/// How to run Envoy on a rendered config (see [`Envoy::launch`]).
+#[derive(Debug, Clone)]
+pub struct EnvoyRun {
+    /// Process name: output goes to `<log_dir>/<name>.log`; unique among running Envoys
+    /// sharing a log directory.
+    pub name: String,
+    /// The listener whose bound address [`Envoy::url`] reports.
+    pub listener: String,
+    /// Worker threads (`--concurrency`).
+    pub concurrency: u32,
+    /// `--component-log-level` (for instance `wasm:info`), if any.
+    pub component_log_level: Option<String>,
+    /// How long Envoy may take until `/ready` says LIVE.
+    pub timeout: Duration,
+}
+
+impl EnvoyRun {
+    /// Process `name` serving `listener`, one worker thread, 30 s to become ready.
+    pub fn new(name: &str, listener: &str) -> EnvoyRun {
+        EnvoyRun {
+            name: name.to_string(),
+            listener: listener.to_string(),
+            concurrency: 1,
+            component_log_level: None,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A running Envoy; killed on drop.
+pub struct Envoy {
     pub(crate) listen: SocketAddr,
     pub(crate) admin: SocketAddr,
     _proc: Proc,
+    log: PathBuf,
+    client: reqwest::Client,
 }
 
 impl Envoy {
@@ -36,12 +67,30 @@ impl Envoy {
         let rendered = render_envoy_config(&template, layout)?;
         let config_path = log_dir.join(format!("rendered-{name}-{config}"));
         std::fs::write(&config_path, rendered)?;
-        let admin_path = log_dir.join(format!("{name}-admin-address.txt"));
-        let args: Vec<String> = vec![
+        let run = EnvoyRun {
+            timeout,
+            ..EnvoyRun::new(name, "gateway")
+        };
+        Envoy::launch(bin, &config_path, &run, log_dir).await
+    }
+
+    /// Starts Envoy `bin` on the rendered config file `config` (admin on an ephemeral port,
+    /// see [`EnvoyConfig::admin_on_ephemeral_port`](crate::config::EnvoyConfig)) and waits
+    /// until `/ready` says LIVE. Fails with the log's path if Envoy exits first.
+    pub async fn launch(
+        bin: &Path,
+        config: &Path,
+        run: &EnvoyRun,
+        log_dir: &Path,
+    ) -> anyhow::Result<Envoy> {
+        let admin_path = log_dir.join(format!("{}-admin-address.txt", run.name));
+        // A previous Envoy of the same name may have left its (dead) address there.
+        let _ = std::fs::remove_file(&admin_path);
+        let mut args: Vec<String> = vec![
             "-c".into(),
-            config_path.display().to_string(),
+            config.display().to_string(),
             "--concurrency".into(),
-            "1".into(),
+            run.concurrency.to_string(),
             "--disable-hot-restart".into(),
             "--file-flush-interval-msec".into(),
             "100".into(),
@@ -50,27 +99,84 @@ impl Envoy {
             "--admin-address-path".into(),
             admin_path.display().to_string(),
         ];
-        let mut proc = Proc::spawn(name, bin, &args, log_dir)?;
+        if let Some(levels) = &run.component_log_level {
+            args.push("--component-log-level".into());
+            args.push(levels.clone());
+        }
+        let mut proc = Proc::spawn(&run.name, bin, &args, log_dir)?;
         let client = http_client(false)?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let deadline = tokio::time::Instant::now() + run.timeout;
         loop {
             proc.ensure_running()?;
             if let Some(admin) = read_admin_address(&admin_path) {
                 let live = client.get(format!("http://{admin}/ready")).send().await;
                 if matches!(&live, Ok(r) if r.status().is_success()) {
-                    let listen = listener_address(&client, admin, "gateway").await?;
+                    let listen = listener_address(&client, admin, &run.listener).await?;
                     return Ok(Envoy {
                         listen,
                         admin,
+                        log: proc.log_path().to_path_buf(),
                         _proc: proc,
+                        client,
                     });
                 }
             }
             if tokio::time::Instant::now() > deadline {
                 bail!(
-                    "Envoy not ready within {timeout:?}; log: {}",
+                    "Envoy not ready within {:?}; log: {}",
+                    run.timeout,
                     proc.log_path().display()
                 );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `http://ip:port` of the served listener.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.listen)
+    }
+
+    /// `http://<admin><path>`.
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// Where Envoy's output goes.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Envoy's output so far (empty if unreadable).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The value of the first admin `/stats` entry whose name ends with `name` (0 when absent).
+    pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
+        let text = self
+            .client
+            .get(self.admin_url(&format!("/stats?filter={name}")))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once(": "))
+            .find(|(k, _)| k.ends_with(name))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// Polls [`Envoy::stat`] until it equals `want` or `timeout` passes; returns the last value.
+    pub async fn wait_stat(&self, name: &str, want: i64, timeout: Duration) -> anyhow::Result<i64> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let value = self.stat(name).await?;
+            if value == want || tokio::time::Instant::now() > deadline {
+                return Ok(value);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

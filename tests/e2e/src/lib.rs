@@ -19,7 +19,7 @@
 
 pub mod client;
 pub mod config;
-mod envoy;
+pub mod envoy;
 pub mod fake_kube;
 pub mod openai;
 pub mod paths;
@@ -28,6 +28,7 @@ pub mod sim;
 pub mod stack;
 
 pub use client::http_client;
-pub use config::{BodyMode, EnvoyLayout, render_envoy_config};
-pub use sim::{MODEL, Sim};
+pub use config::{BodyMode, EnvoyConfig, EnvoyLayout, render_envoy_config};
+pub use envoy::{Envoy, EnvoyRun};
+pub use sim::{DEFAULT_TIME_SCALE, MODEL, Sim};
 pub use stack::{Replica, Stack, StackBuilder};

@@ -87,3 +87,23 @@ pub fn log_dir(test: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("cannot create log directory {}", dir.display()))?;
     Ok(dir)
 }
+
+/// The kvroute proxy-wasm module (`KVROUTE_WASM`, default the release build that
+/// `scripts/build-wasm-filter.sh` writes to `<target>/wasm/wasm32-unknown-unknown/release/`).
+pub fn wasm_module() -> anyhow::Result<PathBuf> {
+    find_binary(
+        "KVROUTE_WASM",
+        target_dir()
+            .join("wasm")
+            .join("wasm32-unknown-unknown")
+            .join("release")
+            .join("kvroute_wasm.wasm"),
+        "kvroute proxy-wasm module",
+    )
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (for an address nothing listens on).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot bind a free port")?;
+    Ok(listener.local_addr()?.port())
+}

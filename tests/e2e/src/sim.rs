@@ -6,10 +6,17 @@ use std::time::Duration;
 
 use anyhow::anyhow;
 
+use crate::paths;
 use crate::process::Proc;
 
 /// Model name every simulated engine serves.
 pub const MODEL: &str = "sim-model";
+
+/// Default simulator time scale: twenty times faster than the latency model.
+pub const DEFAULT_TIME_SCALE: f64 = 0.05;
+
+/// How long a standalone engine may take to print its ready line.
+const SIM_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A simulated engine.
 pub struct Sim {
@@ -39,6 +46,34 @@ impl Sim {
             alive: true,
             proc,
         })
+    }
+
+    /// Starts engines `<prefix>-0..<prefix>-<count-1>` (vLLM dialect) outside any
+    /// [`Stack`](crate::Stack), in parallel, and waits until each listens.
+    pub async fn start_many(
+        prefix: &str,
+        count: usize,
+        time_scale: f64,
+        log_dir: &Path,
+    ) -> anyhow::Result<Vec<Sim>> {
+        let bin = paths::sim_bin()?;
+        let pending = (0..count)
+            .map(|i| {
+                spawn_sim(
+                    &bin,
+                    &format!("{prefix}-{i}"),
+                    "vllm",
+                    MODEL,
+                    time_scale,
+                    log_dir,
+                )
+            })
+            .collect::<anyhow::Result<Vec<Proc>>>()?;
+        let mut sims = Vec::with_capacity(count);
+        for proc in pending {
+            sims.push(Sim::ready(proc, SIM_READY_TIMEOUT).await?);
+        }
+        Ok(sims)
     }
 
     /// `http://ip:port` of this engine.

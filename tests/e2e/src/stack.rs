@@ -12,7 +12,7 @@ use crate::config::{BodyMode, EnvoyLayout};
 use crate::envoy::Envoy;
 use crate::paths;
 use crate::process::Proc;
-use crate::sim::{Sim, spawn_sim};
+use crate::sim::{DEFAULT_TIME_SCALE, Sim, spawn_sim};
 
 /// How long a process may take to become ready (debug builds on a busy machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -352,7 +352,7 @@ impl Stack {
             policy: "round_robin".to_string(),
             body_mode: BodyMode::Buffered,
             health_interval_ms: 200,
-            time_scale: 0.05,
+            time_scale: DEFAULT_TIME_SCALE,
             outsider: false,
             envoy_config: "envoy.yaml".to_string(),
             kvroute_config: None,

@@ -1,8 +1,10 @@
-//! Minimal OpenAI client calls for the tests.
+//! OpenAI calls of the tests: short requests, responses read to the end.
 
-use std::time::Duration;
+use kvroute_e2e::openai::{self, SIM_ID_HEADER};
+use serde_json::Value;
 
-use serde_json::{Value, json};
+/// `max_tokens` of the requests built here.
+const MAX_TOKENS: u32 = 4;
 
 /// A response, read to the end.
 #[derive(Debug)]
@@ -26,28 +28,14 @@ impl Reply {
     }
 }
 
-/// A pooled keep-alive client with generous timeouts.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .tcp_nodelay(true)
-        .build()
-        .unwrap_or_default()
-}
-
-/// A chat request body.
+/// A chat request body with a system prompt and a question (4 tokens at most).
 pub fn chat_body(model: &str, system: &str, question: &str, stream: bool) -> Value {
-    json!({
-        "model": model,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": question}],
-        "max_tokens": 4,
-        "stream": stream,
-    })
+    openai::chat_with_system(model, system, question, stream, MAX_TOKENS)
 }
 
-/// A completions request body.
+/// A completions request body (4 tokens at most).
 pub fn completion_body(model: &str, prompt: &str, stream: bool) -> Value {
-    json!({"model": model, "prompt": prompt, "max_tokens": 4, "stream": stream})
+    openai::completion_body(model, prompt, stream, MAX_TOKENS)
 }
 
 /// POSTs raw `body` to `url` with extra `headers`, reading the response to the end.
@@ -72,7 +60,7 @@ pub async fn post(
             .map(str::to_owned)
     };
     let (engine, content_type, retry_after) = (
-        header("x-kvroute-sim-id"),
+        header(SIM_ID_HEADER),
         header("content-type"),
         header("retry-after"),
     );

@@ -1,18 +1,27 @@
 //! The real Envoy running the shipped `envoy/envoy-wasm.yaml`, re-addressed for a test.
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use serde_json::Value as Json;
+use kvroute_e2e::{Envoy, EnvoyConfig, EnvoyRun, paths};
+use serde_json::{Value as Json, json};
 use serde_yaml_ng::Value as Yaml;
 
-use crate::paths::{envoy_bin, free_port, shipped_config, wasm_module};
-use crate::process::Proc;
+/// The shipped config of the filter, under `envoy/`.
+const SHIPPED: &str = "envoy-wasm.yaml";
+/// Its inference listener.
+const LISTENER: &str = "inference";
+/// Its HTTP filter running the module.
+const WASM_FILTER: &str = "envoy.filters.http.wasm";
+/// The cluster added for [`EnvoyOptions::admin`].
+const ADMIN_CLUSTER: &str = "kvroute_admin";
 
 /// What to change in the shipped configuration.
 #[derive(Clone, Debug)]
 pub struct EnvoyOptions {
+    /// Process name (log `<log_dir>/<name>.log`); distinct for Envoys running side by side.
+    pub name: String,
     /// Workers listed in the plugin configuration (`ip:port`, serving [`crate::MODEL`]).
     pub workers: Vec<String>,
     /// Envoy worker threads (one Wasm VM each).
@@ -35,9 +44,10 @@ pub struct EnvoyOptions {
 }
 
 impl EnvoyOptions {
-    /// The shipped settings over `workers`, one worker thread.
+    /// The shipped settings over `workers`, one worker thread, process name `envoy`.
     pub fn new(workers: Vec<String>) -> EnvoyOptions {
         EnvoyOptions {
+            name: "envoy".to_owned(),
             workers,
             concurrency: 1,
             router: None,
@@ -51,229 +61,112 @@ impl EnvoyOptions {
     }
 }
 
-/// A running Envoy.
-pub struct Envoy {
-    /// `http://127.0.0.1:port` of the inference listener.
-    pub url: String,
-    admin: String,
-    proc: Proc,
+/// Parses `ip:port`.
+fn socket(address: &str) -> anyhow::Result<SocketAddr> {
+    address
+        .parse()
+        .with_context(|| format!("{address:?} is not ip:port"))
 }
 
-fn get_mut<'a>(v: &'a mut Yaml, path: &[&str]) -> anyhow::Result<&'a mut Yaml> {
-    let mut cur = v;
-    for key in path {
-        cur = match key.parse::<usize>() {
-            Ok(i) => cur.get_mut(i),
-            Err(_) => cur.get_mut(*key),
-        }
-        .with_context(|| format!("shipped config has no `{}`", path.join(".")))?;
+/// The plugin configuration string for `opts`, starting from the shipped one.
+fn plugin_config(opts: &EnvoyOptions, shipped: &str) -> anyhow::Result<String> {
+    if let Some(raw) = &opts.raw_plugin_config {
+        return Ok(raw.clone());
     }
-    Ok(cur)
-}
-
-fn socket_address(address: &str) -> anyhow::Result<Yaml> {
-    let (ip, port) = address.rsplit_once(':').context("address is not ip:port")?;
-    let port: u16 = port.parse().context("bad port")?;
-    Ok(serde_yaml_ng::from_str(&format!(
-        "endpoint: {{address: {{socket_address: {{address: \"{ip}\", port_value: {port}}}}}}}"
-    ))?)
-}
-
-/// Renders the shipped configuration with real ports, the module path, the cluster endpoints
-/// and the plugin configuration of `opts`.
-pub fn render(opts: &EnvoyOptions, listen: u16, admin: u16, wasm: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(shipped_config()).context("reading envoy-wasm.yaml")?;
-    let mut doc: Yaml = serde_yaml_ng::from_str(&text)?;
-    *get_mut(
-        &mut doc,
-        &["admin", "address", "socket_address", "port_value"],
-    )? = admin.into();
-    let listener = ["static_resources", "listeners", "0"];
-    let mut port_path = listener.to_vec();
-    port_path.extend(["address", "socket_address", "port_value"]);
-    *get_mut(&mut doc, &port_path)? = listen.into();
-    let mut filters_path = listener.to_vec();
-    filters_path.extend([
-        "filter_chains",
-        "0",
-        "filters",
-        "0",
-        "typed_config",
-        "http_filters",
-    ]);
-    let filters = get_mut(&mut doc, &filters_path)?
-        .as_sequence_mut()
-        .context("http_filters is not a list")?;
-    let wasm_filter = filters
-        .iter_mut()
-        .find(|f| f.get("name").and_then(Yaml::as_str) == Some("envoy.filters.http.wasm"))
-        .context("no wasm filter in the shipped config")?;
-    let config = get_mut(wasm_filter, &["typed_config", "config"])?;
-    *get_mut(config, &["vm_config", "code", "local", "filename"])? =
-        wasm.display().to_string().into();
-    let value = get_mut(config, &["configuration", "value"])?;
-    let plugin = match &opts.raw_plugin_config {
-        Some(raw) => raw.clone(),
-        None => {
-            let shipped = value
-                .as_str()
-                .context("plugin configuration is not a string")?;
-            let mut plugin: Json = serde_json::from_str(shipped)?;
-            plugin["workers"] = opts
-                .workers
-                .iter()
-                .map(|a| serde_json::json!({"address": a, "engine": "vllm", "models": [crate::MODEL]}))
-                .collect();
-            if let Some((_, interval_ms)) = &opts.admin {
-                plugin["discovery"] =
-                    serde_json::json!({"cluster": "kvroute_admin", "interval_ms": interval_ms});
-            }
-            for (key, v) in [
-                ("router", &opts.router),
-                ("gateway", &opts.gateway),
-                ("sharing", &opts.sharing),
-            ] {
-                if let Some(v) = v {
-                    plugin[key] = v.clone();
-                }
-            }
-            plugin.to_string()
+    let mut plugin: Json =
+        serde_json::from_str(shipped).context("shipped plugin configuration is not JSON")?;
+    plugin["workers"] = opts
+        .workers
+        .iter()
+        .map(|a| json!({"address": a, "engine": "vllm", "models": [crate::MODEL]}))
+        .collect();
+    if let Some((_, interval_ms)) = &opts.admin {
+        plugin["discovery"] = json!({"cluster": ADMIN_CLUSTER, "interval_ms": interval_ms});
+    }
+    for (key, v) in [
+        ("router", &opts.router),
+        ("gateway", &opts.gateway),
+        ("sharing", &opts.sharing),
+    ] {
+        if let Some(v) = v {
+            plugin[key] = v.clone();
         }
-    };
-    *value = plugin.into();
+    }
+    Ok(plugin.to_string())
+}
+
+/// Renders the shipped configuration: ephemeral admin and listener ports, the module at `wasm`,
+/// the cluster endpoints and the plugin configuration of `opts`.
+pub fn render(opts: &EnvoyOptions, wasm: &Path) -> anyhow::Result<String> {
+    let mut config = EnvoyConfig::shipped(SHIPPED)?;
+    config.admin_on_ephemeral_port()?;
+    config.listen(LISTENER, SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let filter = config.http_filter(LISTENER, WASM_FILTER)?;
+    let plugin = filter
+        .get_mut("typed_config")
+        .and_then(|c| c.get_mut("config"))
+        .context("the wasm filter has no typed_config.config")?;
+    let filename = plugin
+        .get_mut("vm_config")
+        .and_then(|v| v.get_mut("code"))
+        .and_then(|v| v.get_mut("local"))
+        .and_then(|v| v.get_mut("filename"))
+        .context("the wasm filter has no vm_config.code.local.filename")?;
+    *filename = Yaml::from(wasm.display().to_string());
+    let value = plugin
+        .get_mut("configuration")
+        .and_then(|v| v.get_mut("value"))
+        .context("the wasm filter has no configuration.value")?;
+    let shipped = value
+        .as_str()
+        .context("plugin configuration is not a string")?;
+    *value = Yaml::from(plugin_config(opts, shipped)?);
     if opts.without_filter {
-        let filters = get_mut(&mut doc, &filters_path)?
-            .as_sequence_mut()
-            .context("http_filters is not a list")?;
-        filters.retain(|f| f.get("name").and_then(Yaml::as_str) != Some("envoy.filters.http.wasm"));
+        config.remove_http_filter(LISTENER, WASM_FILTER)?;
     }
     let endpoints = opts
         .workers
         .iter()
         .chain(&opts.extra_endpoints)
-        .map(|a| socket_address(a))
-        .collect::<anyhow::Result<Vec<Yaml>>>()?;
-    let lb = get_mut(
-        &mut doc,
-        &[
-            "static_resources",
-            "clusters",
-            "0",
-            "load_assignment",
-            "endpoints",
-            "0",
-            "lb_endpoints",
-        ],
-    )?;
-    *lb = Yaml::Sequence(endpoints);
+        .map(|a| socket(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    config.cluster_endpoints("engines", &endpoints)?;
     if let Some((address, _)) = &opts.admin {
-        let endpoint = socket_address(address)?;
-        let cluster: Yaml = serde_yaml_ng::from_str(
-            "{name: kvroute_admin, type: STATIC, connect_timeout: 1s, \
-             load_assignment: {cluster_name: kvroute_admin, endpoints: [{lb_endpoints: []}]}}",
-        )?;
-        let clusters = get_mut(&mut doc, &["static_resources", "clusters"])?
-            .as_sequence_mut()
-            .context("clusters is not a list")?;
-        clusters.push(cluster);
-        let last = clusters.len() - 1;
-        let lb = get_mut(
-            &mut clusters[last],
-            &["load_assignment", "endpoints", "0", "lb_endpoints"],
-        )?;
-        *lb = Yaml::Sequence(vec![endpoint]);
+        config.add_static_cluster(ADMIN_CLUSTER, &[socket(address)?])?;
     }
-    Ok(serde_yaml_ng::to_string(&doc)?)
+    config.render()
 }
 
-impl Envoy {
-    /// Starts Envoy and waits until it is ready; fails (with the log's path) if it exits.
-    pub async fn start(opts: &EnvoyOptions, log_dir: &Path) -> anyhow::Result<Envoy> {
-        let (listen, admin) = (free_port()?, free_port()?);
-        let rendered = render(opts, listen, admin, &wasm_module()?)?;
-        let config = log_dir.join("envoy.yaml");
-        std::fs::write(&config, rendered)?;
-        let args: Vec<String> = vec![
-            "-c".into(),
-            config.display().to_string(),
-            "--concurrency".into(),
-            opts.concurrency.to_string(),
-            "--disable-hot-restart".into(),
-            "--log-level".into(),
-            "warn".into(),
-            "--component-log-level".into(),
-            "wasm:info".into(),
-        ];
-        let mut proc = Proc::spawn("envoy", &envoy_bin()?, &args, log_dir)?;
-        let admin = format!("http://127.0.0.1:{admin}");
-        let client = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = proc.try_exit() {
-                bail!(
-                    "envoy exited ({status}) during start-up:\n{}",
-                    proc.log_text()
-                );
-            }
-            if let Ok(r) = client.get(format!("{admin}/ready")).send().await
-                && r.status().is_success()
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("envoy not ready in time; see {}", proc.log_path().display());
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+/// Renders the configuration of `opts`, starts Envoy and waits until it is ready; fails (with
+/// the log's path) if it exits.
+pub async fn start_envoy(opts: &EnvoyOptions, log_dir: &Path) -> anyhow::Result<Envoy> {
+    let rendered = render(opts, &paths::wasm_module()?)?;
+    let config = log_dir.join(format!("{}.yaml", opts.name));
+    std::fs::write(&config, rendered)
+        .with_context(|| format!("cannot write {}", config.display()))?;
+    let run = EnvoyRun {
+        concurrency: opts.concurrency,
+        component_log_level: Some("wasm:info".to_owned()),
+        timeout: std::time::Duration::from_secs(60),
+        ..EnvoyRun::new(&opts.name, LISTENER)
+    };
+    Envoy::launch(&paths::envoy_bin()?, &config, &run, log_dir).await
+}
+
+/// Starts Envoy expecting it to refuse the configuration; returns its log.
+pub async fn start_envoy_expecting_failure(
+    opts: &EnvoyOptions,
+    log_dir: &Path,
+) -> anyhow::Result<String> {
+    match start_envoy(opts, log_dir).await {
+        Ok(envoy) => bail!(
+            "envoy started although it should not have; see {}",
+            envoy.log_path().display()
+        ),
+        Err(err) => {
+            let log = log_dir.join(format!("{}.log", opts.name));
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(format!("{err:#}\n{text}"))
         }
-        Ok(Envoy {
-            url: format!("http://127.0.0.1:{listen}"),
-            admin,
-            proc,
-        })
-    }
-
-    /// Starts Envoy expecting it to refuse the configuration; returns its log.
-    pub async fn start_expecting_failure(
-        opts: &EnvoyOptions,
-        log_dir: &Path,
-    ) -> anyhow::Result<String> {
-        match Envoy::start(opts, log_dir).await {
-            Ok(envoy) => bail!(
-                "envoy started although it should not have; see {}",
-                envoy.proc.log_path().display()
-            ),
-            Err(err) => Ok(err.to_string()),
-        }
-    }
-
-    /// The value of the filter's metric `name` in Envoy's admin `/stats` (0 when absent).
-    pub async fn stat(&self, name: &str) -> anyhow::Result<i64> {
-        let text = reqwest::get(format!("{}/stats?filter={name}", self.admin))
-            .await?
-            .text()
-            .await?;
-        Ok(text
-            .lines()
-            .filter_map(|l| l.split_once(": "))
-            .find(|(k, _)| k.ends_with(name))
-            .and_then(|(_, v)| v.trim().parse().ok())
-            .unwrap_or(0))
-    }
-
-    /// Waits until `stat(name)` equals `want` (metrics update at stream end); returns the last value.
-    pub async fn wait_stat(&self, name: &str, want: i64, timeout: Duration) -> anyhow::Result<i64> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.stat(name).await?;
-            if v == want || Instant::now() > deadline {
-                return Ok(v);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// The Envoy log so far.
-    pub fn log_text(&self) -> String {
-        self.proc.log_text()
     }
 }

@@ -5,33 +5,26 @@ use std::time::Duration;
 
 use anyhow::Context;
 use futures_util::StreamExt;
-use kvroute_wasm_e2e::paths::{free_port, log_dir};
+use kvroute_e2e::openai::DESTINATION_HEADER as DEST;
+use kvroute_e2e::paths::free_port;
 use kvroute_wasm_e2e::workload::{hit_rate, oracle, touch_every_worker_thread};
-use kvroute_wasm_e2e::{Envoy, EnvoyOptions, MODEL, Sim, chat_body, client, completion_body, post};
+use kvroute_wasm_e2e::{
+    Envoy, EnvoyOptions, MODEL, addresses, chat_body, completion_body, http_client, log_dir, post,
+    start_envoy, start_envoy_expecting_failure, start_sims,
+};
 use serde_json::json;
 
-const DEST: &str = "x-gateway-destination-endpoint";
 const WAIT: Duration = Duration::from_secs(10);
-
-fn start_sims(n: usize, dir: &std::path::Path) -> anyhow::Result<Vec<Sim>> {
-    (0..n)
-        .map(|i| Sim::start(&format!("engine-{i}"), MODEL, dir))
-        .collect()
-}
-
-fn addresses(sims: &[Sim]) -> Vec<String> {
-    sims.iter().map(|s| s.address.clone()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_chat_and_completions_streamed_and_not() -> anyhow::Result<()> {
     let dir = log_dir("routes")?;
-    let sims = start_sims(2, &dir)?;
-    let envoy = Envoy::start(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
-    let c = client();
+    let sims = start_sims(2, &dir).await?;
+    let envoy = start_envoy(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
+    let c = http_client(false)?;
     let ids: HashSet<String> = sims.iter().map(|s| s.id.clone()).collect();
-    let chat = format!("{}/v1/chat/completions", envoy.url);
-    let completions = format!("{}/v1/completions", envoy.url);
+    let chat = format!("{}/v1/chat/completions", envoy.url());
+    let completions = format!("{}/v1/completions", envoy.url());
     let cases = [
         (&chat, chat_body(MODEL, "be brief", "hello", false), false),
         (&chat, chat_body(MODEL, "be brief", "hello", true), true),
@@ -66,12 +59,12 @@ async fn routes_chat_and_completions_streamed_and_not() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errors_are_openai_json_local_replies() -> anyhow::Result<()> {
     let dir = log_dir("errors")?;
-    let sims = start_sims(1, &dir)?;
+    let sims = start_sims(1, &dir).await?;
     let mut opts = EnvoyOptions::new(addresses(&sims));
     opts.gateway = Some(json!({"max_body_bytes": 4096}));
-    let envoy = Envoy::start(&opts, &dir).await?;
-    let c = client();
-    let chat = format!("{}/v1/chat/completions", envoy.url);
+    let envoy = start_envoy(&opts, &dir).await?;
+    let c = http_client(false)?;
+    let chat = format!("{}/v1/chat/completions", envoy.url());
     let big = completion_body(MODEL, &"x".repeat(8192), false).to_string();
     let cases: [(String, u16, &str); 5] = [
         ("{not json".into(), 400, ""),
@@ -103,12 +96,12 @@ async fn errors_are_openai_json_local_replies() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overload_is_shed_with_429_and_retry_after() -> anyhow::Result<()> {
     let dir = log_dir("overload")?;
-    let sims = start_sims(1, &dir)?;
+    let sims = start_sims(1, &dir).await?;
     let mut opts = EnvoyOptions::new(addresses(&sims));
     opts.router = Some(json!({"policy": {"name": "least_request"}, "max_in_flight_per_worker": 1}));
-    let envoy = Envoy::start(&opts, &dir).await?;
-    let c = client();
-    let chat = format!("{}/v1/chat/completions", envoy.url);
+    let envoy = start_envoy(&opts, &dir).await?;
+    let c = http_client(false)?;
+    let chat = format!("{}/v1/chat/completions", envoy.url());
     let mut long = chat_body(MODEL, "s", "tell a long story", true);
     long["max_tokens"] = json!(20000);
     let resp = c
@@ -137,10 +130,10 @@ async fn overload_is_shed_with_429_and_retry_after() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_models_locally() -> anyhow::Result<()> {
     let dir = log_dir("models")?;
-    let sims = start_sims(1, &dir)?;
-    let envoy = Envoy::start(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
-    let resp = client()
-        .get(format!("{}/v1/models", envoy.url))
+    let sims = start_sims(1, &dir).await?;
+    let envoy = start_envoy(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
+    let resp = http_client(false)?
+        .get(format!("{}/v1/models", envoy.url()))
         .send()
         .await?;
     assert_eq!(resp.status(), 200);
@@ -153,19 +146,19 @@ async fn lists_models_locally() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spoofed_destination_header_is_ignored() -> anyhow::Result<()> {
     let dir = log_dir("spoof")?;
-    let sims = start_sims(3, &dir)?;
+    let sims = start_sims(3, &dir).await?;
     // engine-2 is a cluster endpoint but not a worker: only a client header could reach it.
     let mut opts = EnvoyOptions::new(addresses(&sims[..2]));
-    opts.extra_endpoints = vec![sims[2].address.clone()];
-    let envoy = Envoy::start(&opts, &dir).await?;
-    let c = client();
+    opts.extra_endpoints = vec![sims[2].addr.to_string()];
+    let envoy = start_envoy(&opts, &dir).await?;
+    let c = http_client(false)?;
     for i in 0..12 {
         let body = completion_body(MODEL, &format!("prompt {i}"), false).to_string();
         let r = post(
             &c,
-            &format!("{}/v1/completions", envoy.url),
+            &format!("{}/v1/completions", envoy.url()),
             body,
-            &[(DEST, &sims[2].address)],
+            &[(DEST, &sims[2].addr.to_string())],
         )
         .await?;
         assert_eq!(r.status, 200, "{}", r.body);
@@ -174,9 +167,9 @@ async fn spoofed_destination_header_is_ignored() -> anyhow::Result<()> {
             Some("engine-2"),
             "the client chose the engine"
         );
-        let r = client()
-            .get(format!("{}/health", envoy.url))
-            .header(DEST, &sims[2].address)
+        let r = http_client(false)?
+            .get(format!("{}/health", envoy.url()))
+            .header(DEST, &sims[2].addr.to_string())
             .send()
             .await?;
         let engine = r
@@ -196,17 +189,23 @@ async fn spoofed_destination_header_is_ignored() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_engine_is_skipped_through_the_fallback_list() -> anyhow::Result<()> {
     let dir = log_dir("dead")?;
-    let sims = start_sims(2, &dir)?;
+    let sims = start_sims(2, &dir).await?;
     let dead = format!("127.0.0.1:{}", free_port()?);
     let mut workers = addresses(&sims);
     workers.insert(0, dead);
     let mut opts = EnvoyOptions::new(workers);
     opts.router = Some(json!({"policy": {"name": "round_robin"}, "max_endpoints": 3}));
-    let envoy = Envoy::start(&opts, &dir).await?;
-    let c = client();
+    let envoy = start_envoy(&opts, &dir).await?;
+    let c = http_client(false)?;
     for i in 0..12 {
         let body = chat_body(MODEL, "s", &format!("question {i}"), i % 2 == 0).to_string();
-        let r = post(&c, &format!("{}/v1/chat/completions", envoy.url), body, &[]).await?;
+        let r = post(
+            &c,
+            &format!("{}/v1/chat/completions", envoy.url()),
+            body,
+            &[],
+        )
+        .await?;
         assert_eq!(r.status, 200, "request {i}: {}", r.body);
         assert!(r.engine.is_some());
     }
@@ -224,10 +223,10 @@ async fn dead_engine_is_skipped_through_the_fallback_list() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_is_released_at_stream_end_and_on_reset() -> anyhow::Result<()> {
     let dir = log_dir("release")?;
-    let sims = start_sims(2, &dir)?;
-    let envoy = Envoy::start(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
-    let c = client();
-    let chat = format!("{}/v1/chat/completions", envoy.url);
+    let sims = start_sims(2, &dir).await?;
+    let envoy = start_envoy(&EnvoyOptions::new(addresses(&sims)), &dir).await?;
+    let c = http_client(false)?;
+    let chat = format!("{}/v1/chat/completions", envoy.url());
     let mut streams = Vec::new();
     for i in 0..4 {
         let mut body = chat_body(MODEL, "s", &format!("long story {i}"), true);
@@ -270,7 +269,7 @@ async fn invalid_plugin_configuration_refuses_to_load() -> anyhow::Result<()> {
     let dir = log_dir("invalid-config")?;
     let mut opts = EnvoyOptions::new(vec!["127.0.0.1:9".into()]);
     opts.raw_plugin_config = Some(r#"{"workers": [{"address": "not-an-address"}]}"#.into());
-    let log = Envoy::start_expecting_failure(&opts, &dir).await?;
+    let log = start_envoy_expecting_failure(&opts, &dir).await?;
     assert!(log.contains("kvroute: refusing to load"), "{log}");
     assert!(log.contains("not-an-address"), "{log}");
     Ok(())
@@ -279,16 +278,16 @@ async fn invalid_plugin_configuration_refuses_to_load() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_prefixes_converge_across_envoy_worker_threads() -> anyhow::Result<()> {
     let dir = log_dir("converge")?;
-    let sims = start_sims(3, &dir)?;
+    let sims = start_sims(3, &dir).await?;
     let (groups, per_group) = (8, 8);
     let oracle = oracle(per_group);
     let mut rates = Vec::new();
     for concurrency in [1, 4] {
         let mut opts = EnvoyOptions::new(addresses(&sims));
         opts.concurrency = concurrency;
-        let envoy = Envoy::start(&opts, &dir).await?;
-        touch_every_worker_thread(&envoy.url, 48).await?;
-        let rate = hit_rate(&envoy.url, MODEL, groups, per_group).await?;
+        let envoy = start_envoy(&opts, &dir).await?;
+        touch_every_worker_thread(&envoy.url(), 48).await?;
+        let rate = hit_rate(&envoy.url(), MODEL, groups, per_group).await?;
         if concurrency > 1 {
             assert!(envoy.stat("kvroute_events_applied_total").await? > 0);
         }
@@ -309,7 +308,7 @@ async fn shared_prefixes_converge_across_envoy_worker_threads() -> anyhow::Resul
 
 /// Sends requests until `want` serves `streak` in a row; fails after `WAIT`.
 async fn wait_until_served_by(envoy: &Envoy, want: &str, streak: usize) -> anyhow::Result<()> {
-    let c = client();
+    let c = http_client(false)?;
     let deadline = std::time::Instant::now() + WAIT;
     let mut run = 0;
     let mut i = 0;
@@ -320,7 +319,7 @@ async fn wait_until_served_by(envoy: &Envoy, want: &str, streak: usize) -> anyho
         );
         i += 1;
         let body = completion_body(MODEL, &format!("probe {i}"), false).to_string();
-        let r = post(&c, &format!("{}/v1/completions", envoy.url), body, &[]).await?;
+        let r = post(&c, &format!("{}/v1/completions", envoy.url()), body, &[]).await?;
         assert_eq!(r.status, 200, "{}", r.body);
         run = if r.engine.as_deref() == Some(want) {
             run + 1
@@ -337,8 +336,8 @@ async fn wait_until_served_by(envoy: &Envoy, want: &str, streak: usize) -> anyho
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_list_follows_the_admin_api() -> anyhow::Result<()> {
     let dir = log_dir("discovery")?;
-    let sims = start_sims(2, &dir)?;
-    let (a, b) = (&sims[0].address, &sims[1].address);
+    let sims = start_sims(2, &dir).await?;
+    let (a, b) = (&sims[0].addr.to_string(), &sims[1].addr.to_string());
     let entry = |address: &str, draining: bool| {
         json!({"address": address, "engine": "vllm", "models": [MODEL], "lora_adapters": [],
                "healthy": true, "draining": draining, "in_flight": 0})
@@ -349,7 +348,7 @@ async fn worker_list_follows_the_admin_api() -> anyhow::Result<()> {
     let mut opts = EnvoyOptions::new(vec![a.clone()]);
     opts.extra_endpoints = vec![b.clone()];
     opts.admin = Some((admin.address.clone(), 200));
-    let envoy = Envoy::start(&opts, &dir).await?;
+    let envoy = start_envoy(&opts, &dir).await?;
     wait_until_served_by(&envoy, "engine-1", 8).await?;
     assert!(envoy.stat("kvroute_fleet_syncs_total").await? > 0);
     // engine-1 leaves the list, engine-0 stops draining.

@@ -1,18 +1,25 @@
 //! Measures the proxy-wasm filter with the real Envoy and simulated engines:
-//! 1. prefix hit rate of a shared-prefix workload at Envoy concurrency 1, 2 and 4, with and
-//!    without cross-VM sharing;
+//! 1. prefix hit rate of a shared-prefix workload through Envoy + the kvroute ext_proc service
+//!    (`cache_aware`) and through the filter at Envoy concurrency 1, 2 and 4, with and without
+//!    cross-VM sharing; fresh engines for every run;
 //! 2. latency added over plain Envoy at concurrency 1 (1 KiB prompts, interleaved requests).
 //!
-//! Needs the built module, `kvroute-sim` and Envoy (see the e2e tests). Prints Markdown.
-//! Usage: `kvroute-wasm-measure [hit-rate|latency|all] [latency pairs] [no-sharing]`.
+//! Needs the built module, `kvroute`, `kvroute-sim` and Envoy (see the e2e tests). Prints
+//! Markdown. Usage: `kvroute-wasm-measure [hit-rate|latency|all] [latency pairs] [no-sharing]`.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kvroute_wasm_e2e::paths::log_dir;
+use anyhow::Context;
+use kvroute_e2e::Stack;
 use kvroute_wasm_e2e::workload::{hit_rate, oracle, touch_every_worker_thread};
-use kvroute_wasm_e2e::{Envoy, EnvoyOptions, MODEL, Sim, completion_body, post};
+use kvroute_wasm_e2e::{
+    DEFAULT_TIME_SCALE, EnvoyOptions, MODEL, Sim, addresses, completion_body, log_dir, post,
+    start_envoy,
+};
 use serde_json::json;
 
+const ENGINES: usize = 4;
 const GROUPS: usize = 16;
 const PER_GROUP: usize = 8;
 const DEFAULT_PAIRS: usize = 400;
@@ -23,27 +30,54 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted.get(idx).copied().unwrap_or(f64::NAN)
 }
 
-async fn hit_rates(sims: &[Sim], dir: &std::path::Path) -> anyhow::Result<()> {
-    let workers: Vec<String> = sims.iter().map(|s| s.address.clone()).collect();
+/// Hit rate through Envoy + kvroute (ext_proc, `cache_aware`) on fresh engines.
+async fn ext_proc_hit_rate() -> anyhow::Result<f64> {
+    let stack = Stack::builder("wasm/measure/ext-proc")
+        .engines(ENGINES)
+        .policy("cache_aware")
+        .time_scale(DEFAULT_TIME_SCALE)
+        .start()
+        .await?;
+    hit_rate(&stack.gateway_url(""), MODEL, GROUPS, PER_GROUP).await
+}
+
+/// Hit rate through the filter at `concurrency` on fresh engines, with the events published and
+/// applied across VMs.
+async fn wasm_hit_rate(concurrency: u32, sharing: bool) -> anyhow::Result<(f64, i64, i64)> {
+    let on = if sharing { "on" } else { "off" };
+    let dir = log_dir(&format!("measure/wasm-c{concurrency}-sharing-{on}"))?;
+    let sims = Sim::start_many("engine", ENGINES, DEFAULT_TIME_SCALE, &dir).await?;
+    let mut opts = EnvoyOptions::new(addresses(&sims));
+    opts.concurrency = concurrency;
+    opts.sharing = Some(json!({"enabled": sharing}));
+    let envoy = start_envoy(&opts, &dir).await?;
+    touch_every_worker_thread(&envoy.url(), 48).await?;
+    let rate = hit_rate(&envoy.url(), MODEL, GROUPS, PER_GROUP).await?;
+    let published = envoy.stat("kvroute_events_published_total").await?;
+    let applied = envoy.stat("kvroute_events_applied_total").await?;
+    Ok((rate, published, applied))
+}
+
+async fn hit_rates() -> anyhow::Result<()> {
+    let oracle = oracle(PER_GROUP);
+    // First, so that the stack's own output comes before the table.
+    let ext_proc = ext_proc_hit_rate().await?;
     println!(
-        "## Hit rate ({GROUPS} groups x {PER_GROUP} prompts, 4 KiB system prompt, {} engines)\n",
-        sims.len()
+        "## Hit rate ({GROUPS} groups x {PER_GROUP} prompts, 4 KiB system prompt, \
+         {ENGINES} fresh engines per run)\n"
     );
-    println!("oracle: {:.3}\n", oracle(PER_GROUP));
-    println!("| Envoy concurrency | sharing | hit rate | events published | events applied |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| path | Envoy concurrency | sharing | hit rate | oracle | events published | events applied |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| ext_proc (kvroute, cache_aware) | 1 | n/a | {ext_proc:.3} | {oracle:.3} | n/a | n/a |"
+    );
     for concurrency in [1, 2, 4] {
         for sharing in [true, false] {
-            let mut opts = EnvoyOptions::new(workers.clone());
-            opts.concurrency = concurrency;
-            opts.sharing = Some(json!({"enabled": sharing}));
-            let envoy = Envoy::start(&opts, dir).await?;
-            touch_every_worker_thread(&envoy.url, 48).await?;
-            let rate = hit_rate(&envoy.url, MODEL, GROUPS, PER_GROUP).await?;
-            let published = envoy.stat("kvroute_events_published_total").await?;
-            let applied = envoy.stat("kvroute_events_applied_total").await?;
+            let (rate, published, applied) = wasm_hit_rate(concurrency, sharing).await?;
             println!(
-                "| {concurrency} | {} | {rate:.3} | {published} | {applied} |",
+                "| wasm filter (cache_aware) | {concurrency} | {} | {rate:.3} | {oracle:.3} | {published} | {applied} |",
                 if sharing { "on" } else { "off" }
             );
         }
@@ -52,18 +86,15 @@ async fn hit_rates(sims: &[Sim], dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn latency(
-    sim: &Sim,
-    dir: &std::path::Path,
-    pairs: usize,
-    sharing: bool,
-) -> anyhow::Result<()> {
-    let mut with_opts = EnvoyOptions::new(vec![sim.address.clone()]);
+async fn latency(sim: &Sim, dir: &Path, pairs: usize, sharing: bool) -> anyhow::Result<()> {
+    let mut with_opts = EnvoyOptions::new(addresses(std::slice::from_ref(sim)));
     with_opts.sharing = Some(json!({"enabled": sharing}));
-    let with = Envoy::start(&with_opts, dir).await?;
-    let mut plain_opts = EnvoyOptions::new(vec![sim.address.clone()]);
+    let with = start_envoy(&with_opts, dir).await?;
+    let mut plain_opts = with_opts.clone();
+    plain_opts.name = "envoy-plain".to_owned();
     plain_opts.without_filter = true;
-    let plain = Envoy::start(&plain_opts, dir).await?;
+    let plain = start_envoy(&plain_opts, dir).await?;
+    let (with_url, plain_url) = (with.url(), plain.url());
     let client = reqwest::Client::builder()
         .tcp_nodelay(true)
         .timeout(Duration::from_secs(30))
@@ -75,7 +106,7 @@ async fn latency(
         let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         for kind in [0usize, 1] {
             for which in order {
-                let url = if which == 0 { &with.url } else { &plain.url };
+                let url = if which == 0 { &with_url } else { &plain_url };
                 let start = Instant::now();
                 let status = if kind == 0 {
                     let prompt = format!("{i}/{which} {filler}");
@@ -127,10 +158,6 @@ async fn latency(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
-    let dir = log_dir("measure")?;
-    let sims: Vec<Sim> = (0..4)
-        .map(|i| Sim::start(&format!("engine-{i}"), MODEL, &dir))
-        .collect::<anyhow::Result<_>>()?;
     let mut args = std::env::args().skip(1);
     let what = args.next().unwrap_or_else(|| "all".to_owned());
     let pairs = match args.next() {
@@ -138,11 +165,18 @@ async fn main() -> anyhow::Result<()> {
         None => DEFAULT_PAIRS,
     };
     let sharing = args.next().is_none_or(|s| s != "no-sharing");
+    anyhow::ensure!(
+        matches!(what.as_str(), "all" | "hit-rate" | "latency"),
+        "unknown mode {what:?}: expected hit-rate, latency or all"
+    );
     if what == "all" || what == "hit-rate" {
-        hit_rates(&sims, &dir).await?;
+        hit_rates().await?;
     }
     if what == "all" || what == "latency" {
-        latency(&sims[0], &dir, pairs, sharing).await?;
+        let dir = log_dir("measure/latency")?;
+        let sims = Sim::start_many("engine", 1, DEFAULT_TIME_SCALE, &dir).await?;
+        let sim = sims.first().context("no engine started")?;
+        latency(sim, &dir, pairs, sharing).await?;
     }
     Ok(())
 }
