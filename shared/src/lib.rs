@@ -13,6 +13,7 @@
 //! 3. When the response ends (or fails, or is reset) the shell hands the ticket back to
 //!    [`router::Router::complete`], which releases the in-flight count exactly once.
 
+pub mod engine_metrics;
 pub mod error;
 pub mod gateway;
 pub mod policy;
