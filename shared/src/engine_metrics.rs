@@ -55,7 +55,10 @@ pub struct LoraInfo {
 impl LoraInfo {
     /// Whether `adapter` is active (running or waiting) on the engine.
     pub fn has(&self, adapter: &str) -> bool {
-        self.running.iter().chain(&self.waiting).any(|a| a == adapter)
+        self.running
+            .iter()
+            .chain(&self.waiting)
+            .any(|a| a == adapter)
     }
 
     /// Whether the engine can load one more adapter without evicting an active one.
@@ -265,7 +268,9 @@ impl<'a> Iterator for LabelIter<'a> {
     type Item = (&'a str, Cow<'a, str>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let rest = self.rest.trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
+        let rest = self
+            .rest
+            .trim_start_matches(|c: char| c == ',' || c.is_ascii_whitespace());
         let eq = rest.find('=')?;
         let name = rest[..eq].trim();
         let after = rest[eq + 1..].trim_start().strip_prefix('"')?;
