@@ -149,6 +149,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// Active health checks.
     pub health: HealthConfig,
+    /// Engine metrics scraping.
+    pub scrape: crate::scrape::ScrapeConfig,
     /// Static workers.
     pub workers: Vec<WorkerConfig>,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
@@ -164,6 +166,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             router: RouterConfig::default(),
             health: HealthConfig::default(),
+            scrape: crate::scrape::ScrapeConfig::default(),
             workers: Vec::new(),
             shutdown_grace_ms: 10_000,
         }
@@ -202,6 +205,9 @@ impl Config {
         self.validate_gateway()?;
         self.validate_router()?;
         self.validate_health()?;
+        self.scrape
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w

@@ -34,6 +34,8 @@ pub struct Metrics {
     worker_in_flight: Family<WorkerLabels, Gauge>,
     worker_healthy: Family<WorkerLabels, Gauge>,
     requests_in_flight: Gauge,
+    /// Metrics about engine metrics scraping.
+    pub scrape: crate::scrape::ScrapeMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,8 +91,11 @@ impl Metrics {
             "Requests routed and not yet completed",
             requests_in_flight.clone(),
         );
+        let scrape = crate::scrape::ScrapeMetrics::default();
+        scrape.register(&mut registry);
         Metrics {
             registry,
+            scrape,
             decisions,
             decision_duration,
             prefix_match,

@@ -37,6 +37,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
+    scraper: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -79,6 +80,8 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
             .map_err(|e| anyhow::anyhow!("worker {}: {e}", w.address))?;
     }
 
+    let scraper = crate::scrape::spawn(shared.clone(), config.scrape.clone())?;
+
     let (shutdown, shutdown_rx) = watch::channel(false);
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
@@ -119,6 +122,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         grpc,
         admin,
+        scraper,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
 }
@@ -142,9 +146,13 @@ impl Running {
         let Running {
             mut grpc,
             mut admin,
+            scraper,
             grace,
             ..
         } = self;
+        if let Some(scraper) = scraper {
+            scraper.abort();
+        }
         let both = async {
             let _ = (&mut grpc).await;
             let _ = (&mut admin).await;
