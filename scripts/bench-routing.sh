@@ -7,12 +7,13 @@
 #
 # Everything it starts is stopped on exit, error or Ctrl-C. Knobs (environment):
 #   BENCH_SCALE (0.05)        share of the workloads' groups (gie: 256 groups x 16 prompts)
+#   BENCH_MT_SCALE (0.5)      the same for multi-turn (16 groups x 4 conversations x 4 turns)
 #   BENCH_CONCURRENCY (16)    sessions in flight
 #   BENCH_KV_BLOCKS (1280)    KV blocks of 16 tokens per engine
 #   BENCH_OUTPUT (64)         output tokens per request
 #   BENCH_SCENARIOS           space-separated subset of: high-uniform high-zipf low-uniform multi-turn
-#   BENCH_POLICIES            space-separated kvroute policies (default: cache_aware scorer); an
-#                             entry LABEL='{name: scorer, ...}' runs a tuned variant as LABEL
+#   BENCH_POLICIES            ';'-separated kvroute policies (default: cache_aware;scorer); an
+#                             entry LABEL={name: scorer, ...} runs a tuned variant as LABEL
 #   KVROUTE_ENVOY             Envoy binary (default ./.venv/bin/envoy)
 set -euo pipefail
 
@@ -28,11 +29,12 @@ RR_PORT=28100
 RR_ADMIN=28190
 # kvroute targets: listener 281NN, Envoy admin 281NN+90, kvroute gRPC 282NN, admin 283NN.
 scale=${BENCH_SCALE:-0.05}
+mt_scale=${BENCH_MT_SCALE:-0.5}
 concurrency=${BENCH_CONCURRENCY:-16}
 kv_blocks=${BENCH_KV_BLOCKS:-1280}
 output_tokens=${BENCH_OUTPUT:-64}
 read -r -a scenarios <<<"${BENCH_SCENARIOS:-high-uniform high-zipf low-uniform multi-turn}"
-read -r -a policies <<<"${BENCH_POLICIES:-cache_aware scorer}"
+IFS=';' read -r -a policies <<<"${BENCH_POLICIES:-cache_aware;scorer}"
 # A policy entry: LABEL=FLOW-YAML or a bare policy name.
 policy_label() { if [[ $1 == *=* ]]; then echo "${1%%=*}"; else echo "$1"; fi; }
 policy_yaml() { if [[ $1 == *=* ]]; then echo "${1#*=}"; else echo "{name: $1}"; fi; }
@@ -177,12 +179,15 @@ for scenario in "${scenarios[@]}"; do
     high-uniform) shape=(--workload gie-high-cache) ;;
     high-zipf) shape=(--workload gie-high-cache --zipf 1.1) ;;
     low-uniform) shape=(--workload gie-low-cache) ;;
+    # 16 groups x 4 conversations x 4 turns at scale 1: scaled separately.
     multi-turn) shape=(--workload multi-turn) ;;
     *) die "unknown scenario $scenario" ;;
   esac
-  log "scenario $scenario: ${shape[*]} --scale $scale --concurrency $concurrency"
+  s=$scale
+  [ "$scenario" != multi-turn ] || s=$mt_scale
+  log "scenario $scenario: ${shape[*]} --scale $s --concurrency $concurrency"
   "$bench" run "${bench_args[@]}" --model "$MODEL" --api chat "${shape[@]}" \
-    --scale "$scale" --output-tokens "$output_tokens" --concurrency "$concurrency" \
+    --scale "$s" --output-tokens "$output_tokens" --concurrency "$concurrency" \
     --flush --timeout 120 --quiet \
     --report "$run_dir/$scenario.json" --plot "$run_dir/$scenario.svg" \
     | tee "$run_dir/$scenario.txt"

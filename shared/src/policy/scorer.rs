@@ -37,7 +37,7 @@ use signals::{Scores, Signals};
 pub struct ScorerWeights {
     /// Share of the prompt the worker likely holds in its KV cache.
     pub prefix: f64,
-    /// Requests queued (in flight plus the engine's waiting queue): fewer is better.
+    /// Requests queued (the engine's waiting queue, else in flight): fewer is better.
     pub queue: f64,
     /// Requests running on the engine: fewer is better.
     pub running: f64,
@@ -75,7 +75,7 @@ pub struct OverloadFilter {
 
 impl Default for OverloadFilter {
     fn default() -> OverloadFilter {
-        OverloadFilter { abs: 4, rel: 1.5 }
+        OverloadFilter { abs: 8, rel: 2.0 }
     }
 }
 

@@ -3,11 +3,16 @@
 //! | scorer | signal | score |
 //! |---|---|---|
 //! | prefix | share of the prompt in the prefix index for the worker | the share |
-//! | queue | in-flight + engine waiting queue ([`Worker::load`]) | `1 - q / max q` (1 when all are 0) |
+//! | queue | engine waiting queue, else in-flight | `1 - q / max q` (1 when all are 0) |
 //! | running | engine running requests, else in-flight | `1 - r / max r` (1 when all are 0) |
 //! | kv_cache | engine KV-cache use (unknown: the mean of the known ones) | `1 - use` |
 //! | lora | adapter loaded (no adapter requested: every worker) | 1 or 0 |
 //! | session | the worker served this session last | 1 or 0 |
+//!
+//! The queue is the engine's WAITING queue, as the Gateway API Inference Extension's scorer
+//! reads it: requests running in a continuous batch cost a cache hit little, a queue costs it
+//! all. Without a fresh report the router's in-flight count stands in (it over-counts, which
+//! errs on the side of balance).
 //!
 //! Load is normalized by the busiest candidate rather than by the min..max range, so a
 //! difference of one request among busy workers moves the score a little, not from 1 to 0.
@@ -20,7 +25,7 @@ use crate::worker::{Worker, WorkerId};
 pub struct Signals {
     /// Share of the prompt likely cached, 0..=1.
     pub prefix: f64,
-    /// Queued requests.
+    /// Queued requests (engine waiting queue, else in-flight).
     pub queue: u32,
     /// Running requests.
     pub running: u32,
@@ -43,7 +48,7 @@ impl Signals {
     pub fn of(w: &Worker, prefix: f32, lora: Option<&str>, session: Option<WorkerId>) -> Signals {
         Signals {
             prefix: f64::from(prefix).clamp(0.0, 1.0),
-            queue: w.load(),
+            queue: w.load.map_or(w.in_flight, |l| l.waiting),
             running: w.load.map_or(w.in_flight, |l| l.running),
             kv_cache: w
                 .load

@@ -96,7 +96,7 @@ fn signals_use_engine_load_else_in_flight() {
     assert_eq!((a.queue, a.running, a.kv_cache), (3, 3, None));
     assert!(a.session && !a.lora);
     let b = Signals::of(&ws[1], 2.0, None, Some(WorkerId(0)));
-    assert_eq!((b.queue, b.running), (8, 2));
+    assert_eq!((b.queue, b.running), (5, 2));
     assert!((b.kv_cache.unwrap() - 0.7).abs() < 1e-6);
     assert_eq!(b.prefix, 1.0);
     assert!(b.lora && !b.session);
