@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench clean
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-routing clean
 
 all: build
 
@@ -42,6 +42,12 @@ unit: build
 
 bench:
 	$(CARGO) bench -p kvroute-core
+
+## Routing quality through the real Envoy: round robin vs cache_aware vs scorer
+## (docs/routing-quality.md); reports under .run/bench-routing/.
+bench-routing:
+	scripts/setup-envoy.sh >/dev/null
+	scripts/bench-routing.sh
 
 clean:
 	$(CARGO) clean
