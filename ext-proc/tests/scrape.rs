@@ -97,6 +97,16 @@ async fn scraped_load_reaches_the_router_and_failures_clear_it() {
     // New values are picked up.
     *engine.page.lock().unwrap() = VLLM_PAGE.replace("} 5.0", "} 9.0");
     wait_until(|| async { load_of(&running).is_some_and(|l| l.waiting == 9) }).await;
+    let text = running.shared.metrics.encode(&running.shared.router());
+    let line = format!(
+        "kvroute_worker_engine_waiting{{worker=\"{}\"}} 9",
+        engine.addr
+    );
+    assert!(text.contains(&line), "{text}");
+    assert!(
+        text.contains("kvroute_worker_engine_kv_cache_usage{"),
+        "{text}"
+    );
 
     // A failing scrape clears the load: policies fall back to in-flight counts.
     engine.status.store(500, Ordering::Relaxed);

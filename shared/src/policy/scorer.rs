@@ -75,7 +75,7 @@ pub struct OverloadFilter {
 
 impl Default for OverloadFilter {
     fn default() -> OverloadFilter {
-        OverloadFilter { abs: 8, rel: 2.0 }
+        OverloadFilter { abs: 8, rel: 3.0 }
     }
 }
 
