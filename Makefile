@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead clean
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing clean
 
 all: build
 
@@ -47,6 +47,11 @@ bench:
 ## Latency and throughput Envoy + kvroute adds over Envoy alone (docs/performance.md).
 bench-overhead: setup
 	scripts/bench-overhead.sh
+## Routing quality through the real Envoy: round robin vs cache_aware vs scorer
+## (docs/routing-quality.md); reports under .run/bench-routing/.
+bench-routing:
+	scripts/setup-envoy.sh >/dev/null
+	scripts/bench-routing.sh
 
 clean:
 	$(CARGO) clean

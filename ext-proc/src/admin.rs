@@ -42,6 +42,8 @@ pub struct WorkerView {
     pub draining: bool,
     /// Requests in flight counted by the router.
     pub in_flight: u32,
+    /// The engine's scraped load, while fresh.
+    pub load: Option<kvroute_core::LoadReport>,
 }
 
 /// The admin API routes.
@@ -99,6 +101,7 @@ fn view(w: &kvroute_core::Worker) -> WorkerView {
         healthy: w.healthy,
         draining: w.draining,
         in_flight: w.in_flight,
+        load: w.load,
     }
 }
 

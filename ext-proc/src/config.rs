@@ -149,6 +149,8 @@ pub struct Config {
     pub router: RouterConfig,
     /// Active health checks.
     pub health: HealthConfig,
+    /// Engine metrics scraping.
+    pub scrape: crate::scrape::ScrapeConfig,
     /// Static workers.
     pub workers: Vec<WorkerConfig>,
     /// Kubernetes discovery of further workers, if any.
@@ -166,6 +168,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             router: RouterConfig::default(),
             health: HealthConfig::default(),
+            scrape: crate::scrape::ScrapeConfig::default(),
             workers: Vec::new(),
             discovery: None,
             shutdown_grace_ms: 10_000,
@@ -209,6 +212,9 @@ impl Config {
             d.validate()
                 .map_err(|(field, message)| invalid(field, message))?;
         }
+        self.scrape
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w

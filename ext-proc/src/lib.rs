@@ -12,5 +12,6 @@ pub mod extproc;
 pub mod health;
 pub mod metrics;
 pub mod proto;
+pub mod scrape;
 pub mod server;
 pub mod state;

@@ -1,5 +1,7 @@
 //! Prometheus metrics of the service.
 
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -34,6 +36,11 @@ pub struct Metrics {
     worker_in_flight: Family<WorkerLabels, Gauge>,
     worker_healthy: Family<WorkerLabels, Gauge>,
     requests_in_flight: Gauge,
+    worker_waiting: Family<WorkerLabels, Gauge>,
+    worker_running: Family<WorkerLabels, Gauge>,
+    worker_kv_usage: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
+    /// Metrics about engine metrics scraping.
+    pub scrape: crate::scrape::ScrapeMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -89,8 +96,32 @@ impl Metrics {
             "Requests routed and not yet completed",
             requests_in_flight.clone(),
         );
+        let worker_waiting = Family::<WorkerLabels, Gauge>::default();
+        let worker_running = Family::<WorkerLabels, Gauge>::default();
+        let worker_kv_usage = Family::<WorkerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "kvroute_worker_engine_waiting",
+            "Requests waiting in the engine's queue, as last scraped (absent when stale)",
+            worker_waiting.clone(),
+        );
+        registry.register(
+            "kvroute_worker_engine_running",
+            "Requests running on the engine, as last scraped (absent when stale)",
+            worker_running.clone(),
+        );
+        registry.register(
+            "kvroute_worker_engine_kv_cache_usage",
+            "Engine KV-cache use 0..1, as last scraped (absent when stale)",
+            worker_kv_usage.clone(),
+        );
+        let scrape = crate::scrape::ScrapeMetrics::default();
+        scrape.register(&mut registry);
         Metrics {
             registry,
+            worker_waiting,
+            worker_running,
+            worker_kv_usage,
+            scrape,
             decisions,
             decision_duration,
             prefix_match,
@@ -131,6 +162,9 @@ impl Metrics {
     pub fn encode(&self, router: &Router) -> String {
         self.worker_in_flight.clear();
         self.worker_healthy.clear();
+        self.worker_waiting.clear();
+        self.worker_running.clear();
+        self.worker_kv_usage.clear();
         for w in router.workers().iter() {
             let labels = WorkerLabels {
                 worker: w.spec.address.clone(),
@@ -141,6 +175,17 @@ impl Metrics {
             self.worker_healthy
                 .get_or_create(&labels)
                 .set(i64::from(w.healthy));
+            if let Some(l) = w.load {
+                self.worker_waiting
+                    .get_or_create(&labels)
+                    .set(i64::from(l.waiting));
+                self.worker_running
+                    .get_or_create(&labels)
+                    .set(i64::from(l.running));
+                self.worker_kv_usage
+                    .get_or_create(&labels)
+                    .set(f64::from(l.kv_cache_usage));
+            }
         }
         self.requests_in_flight
             .set(i64::try_from(router.outstanding()).unwrap_or(i64::MAX));

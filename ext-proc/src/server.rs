@@ -39,6 +39,7 @@ pub struct Running {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<std::io::Result<()>>,
+    scraper: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
@@ -92,6 +93,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         }
         None => None,
     };
+    let scraper = crate::scrape::spawn(shared.clone(), config.scrape.clone())?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -134,6 +136,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         shutdown,
         grpc,
         admin,
+        scraper,
         grace: Duration::from_millis(config.shutdown_grace_ms),
     })
 }
@@ -160,9 +163,13 @@ impl Running {
         let Running {
             mut grpc,
             mut admin,
+            scraper,
             grace,
             ..
         } = self;
+        if let Some(scraper) = scraper {
+            scraper.abort();
+        }
         let both = async {
             let _ = (&mut grpc).await;
             let _ = (&mut admin).await;

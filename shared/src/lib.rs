@@ -14,6 +14,7 @@
 //!    [`router::Router::complete`], which releases the in-flight count exactly once.
 
 pub mod discovery;
+pub mod engine_metrics;
 pub mod error;
 pub mod gateway;
 pub mod policy;

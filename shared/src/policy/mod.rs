@@ -10,6 +10,7 @@ mod power_of_two;
 mod prefix_hash;
 mod random;
 mod round_robin;
+pub mod scorer;
 
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -26,6 +27,7 @@ pub use power_of_two::PowerOfTwoPolicy;
 pub use prefix_hash::{PrefixHashConfig, PrefixHashPolicy};
 pub use random::RandomPolicy;
 pub use round_robin::RoundRobinPolicy;
+pub use scorer::{ScorerConfig, ScorerPolicy};
 
 /// What a policy may use besides the request and the candidates: the shell's clock and the
 /// router's seeded random source (so decisions are reproducible in tests).
@@ -88,6 +90,8 @@ pub enum PolicyConfig {
     Bucket(BucketConfig),
     /// Sticky routing on an explicit routing key.
     Manual(ManualConfig),
+    /// Filters, weighted scorers over live engine load and prefix match, and a picker.
+    Scorer(ScorerConfig),
 }
 
 impl Default for PolicyConfig {
@@ -108,6 +112,7 @@ impl PolicyConfig {
         "prefix_hash",
         "bucket",
         "manual",
+        "scorer",
     ];
 
     /// The policy of that name with default parameters.
@@ -122,6 +127,7 @@ impl PolicyConfig {
             "prefix_hash" => PolicyConfig::PrefixHash(PrefixHashConfig::default()),
             "bucket" => PolicyConfig::Bucket(BucketConfig::default()),
             "manual" => PolicyConfig::Manual(ManualConfig::default()),
+            "scorer" => PolicyConfig::Scorer(ScorerConfig::default()),
             _ => return None,
         })
     }
@@ -138,6 +144,7 @@ impl PolicyConfig {
             PolicyConfig::PrefixHash(_) => "prefix_hash",
             PolicyConfig::Bucket(_) => "bucket",
             PolicyConfig::Manual(_) => "manual",
+            PolicyConfig::Scorer(_) => "scorer",
         }
     }
 
@@ -153,6 +160,7 @@ impl PolicyConfig {
             PolicyConfig::PrefixHash(c) => Box::new(PrefixHashPolicy::new(c.clone())),
             PolicyConfig::Bucket(c) => Box::new(BucketPolicy::new(c.clone())),
             PolicyConfig::Manual(c) => Box::new(ManualPolicy::new(c.clone())),
+            PolicyConfig::Scorer(c) => Box::new(ScorerPolicy::new(c.clone())),
         }
     }
 }
