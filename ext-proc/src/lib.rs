@@ -11,5 +11,7 @@ pub mod extproc;
 pub mod health;
 pub mod metrics;
 pub mod proto;
+pub mod secret;
 pub mod server;
 pub mod state;
+pub mod tls;
