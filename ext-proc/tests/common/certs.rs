@@ -4,7 +4,8 @@
 use std::path::PathBuf;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    BasicConstraints, CertificateParams, CertifiedIssuer, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose,
 };
 
 /// PEM files of one test PKI.
@@ -23,11 +24,15 @@ impl TestPki {
         std::fs::create_dir_all(&dir).unwrap();
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name = common_name("kvroute test CA");
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
 
         let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose| {
             let key = KeyPair::generate().unwrap();
-            let mut params = CertificateParams::new(sans).unwrap();
+            let mut params = CertificateParams::new(sans.clone()).unwrap();
+            // A subject distinct from the CA's: verifiers treat issuer == subject as self-signed.
+            params.distinguished_name = common_name(&sans[0]);
             params.extended_key_usages = vec![usage];
             let cert = params.signed_by(&key, &ca).unwrap();
             (cert.pem(), key.serialize_pem())
@@ -64,4 +69,10 @@ impl Drop for TestPki {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+fn common_name(cn: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    dn
 }

@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+pub mod certs;
 pub mod client;
 pub mod config;
 mod envoy;
@@ -28,5 +29,5 @@ pub mod stack;
 
 pub use client::http_client;
 pub use config::{BodyMode, EnvoyLayout, render_envoy_config};
-pub use sim::{MODEL, Sim};
+pub use sim::{EngineSpec, MODEL, Sim};
 pub use stack::{Stack, StackBuilder};
