@@ -148,3 +148,16 @@ async fn bodies_that_need_no_rewrite_are_left_alone() {
     drop(s);
     running.shutdown().await;
 }
+
+#[test]
+fn rules_are_validated_with_their_location() {
+    let yaml = "gateway:\n  normalize:\n    rules:\n      - {engines: [sglang], drop: [logprobs]}\n      - {apis: [chat], drop: [x]}\n";
+    let cfg = kvroute::config::Config::from_yaml(yaml, "t.yaml").unwrap();
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(
+        err.contains("gateway.normalize.rules[1]") && err.contains("chat"),
+        "{err}"
+    );
+    let unknown = "gateway:\n  normalize:\n    rules:\n      - {drop: [x], bogus: 1}\n";
+    assert!(kvroute::config::Config::from_yaml(unknown, "t.yaml").is_err());
+}
