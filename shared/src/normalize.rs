@@ -162,6 +162,9 @@ pub fn builtin_rules() -> Vec<Rule> {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Normalizer {
     rules: Vec<Rule>,
+    /// Quoted top-level names some rule acts on: a body containing none of them (and no
+    /// `\u` escape, which could spell one) needs no parsing.
+    triggers: Vec<Vec<u8>>,
 }
 
 impl Normalizer {
@@ -173,13 +176,33 @@ impl Normalizer {
             Vec::new()
         };
         rules.extend(config.rules.iter().cloned());
-        Normalizer { rules }
+        let mut names: Vec<&str> = Vec::new();
+        for r in &rules {
+            names.extend(r.drop.iter().map(String::as_str));
+            names.extend(r.rename.keys().map(String::as_str));
+            if !r.models.is_empty() {
+                names.push("model");
+            }
+        }
+        names.sort_unstable();
+        names.dedup();
+        let triggers = names
+            .iter()
+            .map(|n| format!("\"{n}\"").into_bytes())
+            .collect();
+        Normalizer { rules, triggers }
+    }
+
+    /// Whether `body` may hold a field some rule acts on (a cheap scan before parsing).
+    fn may_apply(&self, body: &[u8]) -> bool {
+        let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        contains(b"\\u") || self.triggers.iter().any(|t| contains(t))
     }
 
     /// The body `worker` should receive for a request of `route`, or `None` when the body is
     /// fine as it is (or is not a JSON object). Fields no rule touches are kept.
     pub fn normalize(&self, worker: &WorkerSpec, route: ApiRoute, body: &[u8]) -> Option<Vec<u8>> {
-        if self.rules.is_empty() {
+        if self.rules.is_empty() || !self.may_apply(body) {
             return None;
         }
         let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
@@ -295,6 +318,17 @@ mod tests {
             n.normalize(&in_pool, ApiRoute::Completions, both).is_none(),
             "an explicit max_tokens wins"
         );
+    }
+
+    #[test]
+    fn escaped_field_names_are_still_found() {
+        let n = Normalizer::default();
+        let w = worker(EngineKind::Vllm);
+        let body = br#"{"model":"m","prompt":"x","stream\u005foptions":{}}"#;
+        let out = as_json(&n.normalize(&w, ApiRoute::Completions, body).unwrap());
+        assert!(out.get("stream_options").is_none());
+        let plain = br#"{"model":"m","prompt":"stream_options is only a word here"}"#;
+        assert!(n.normalize(&w, ApiRoute::Completions, plain).is_none());
     }
 
     #[test]
