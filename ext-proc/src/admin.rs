@@ -15,7 +15,7 @@ use crate::health::Workers;
 use crate::state::Shared;
 
 /// Everything the handlers need.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct AdminState {
     /// The router and metrics.
     pub shared: Arc<Shared>,
@@ -23,6 +23,16 @@ pub struct AdminState {
     pub workers: Arc<Workers>,
     /// Bearer token required on every route but `/healthz` and `/readyz`, when set.
     pub token: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("shared", &self.shared)
+            .field("workers", &self.workers)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// One worker as `GET /workers` lists it.

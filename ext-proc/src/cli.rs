@@ -7,6 +7,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use kvroute_core::PolicyConfig;
 
 use crate::config::{Config, ConfigError, WorkerConfig};
+use crate::secret::Secret;
 
 /// kvroute: LLM-aware endpoint picker for Envoy (ext_proc gRPC service).
 #[derive(Debug, Parser)]
@@ -69,7 +70,7 @@ pub struct ServeArgs {
     pub health_timeout_ms: Option<u64>,
     /// Bearer token of the admin API (required when it listens beyond loopback).
     #[arg(long, env = "KVROUTE_ADMIN_TOKEN", hide_env_values = true)]
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
     /// Log format.
     #[arg(long, env = "KVROUTE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

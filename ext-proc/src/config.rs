@@ -7,6 +7,9 @@ use std::path::Path;
 use kvroute_core::{EngineKind, GatewayConfig, RouterConfig, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::secret::Secret;
+use crate::tls::TlsConfig;
+
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -142,7 +145,9 @@ pub struct Config {
     /// Admin HTTP API listen address.
     pub admin_addr: SocketAddr,
     /// Bearer token for the admin API; required when it listens beyond loopback.
-    pub admin_token: Option<String>,
+    pub admin_token: Option<Secret>,
+    /// TLS (and mutual TLS) on the gRPC port; plaintext when absent.
+    pub tls: Option<TlsConfig>,
     /// Request-flow settings.
     pub gateway: GatewayConfig,
     /// Router and policy settings.
@@ -165,6 +170,7 @@ impl Default for Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9002)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], 9003)),
             admin_token: None,
+            tls: None,
             gateway: GatewayConfig::default(),
             router: RouterConfig::default(),
             health: HealthConfig::default(),
@@ -204,6 +210,23 @@ impl Config {
                 "admin_token",
                 "an admin token is required when admin_addr is not a loopback address",
             ));
+        }
+        if let Some(tls) = &self.tls {
+            for (field, path) in [
+                ("tls.cert_file", Some(&tls.cert_file)),
+                ("tls.key_file", Some(&tls.key_file)),
+                ("tls.client_ca_file", tls.client_ca_file.as_ref()),
+            ] {
+                if let Some(path) = path
+                    && !path.is_file()
+                {
+                    return Err(invalid(field, format!("{} is not a file", path.display())));
+                }
+            }
+        }
+        for (i, rule) in self.gateway.normalize.rules.iter().enumerate() {
+            rule.validate()
+                .map_err(|m| invalid(format!("gateway.normalize.rules[{i}]"), m))?;
         }
         self.validate_gateway()?;
         self.validate_router()?;
@@ -297,8 +320,13 @@ impl Config {
     /// A one-paragraph human summary, printed by `check-config`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "grpc_addr: {}\nadmin_addr: {} (token {})\npolicy: {}\n",
+            "grpc_addr: {} ({})\nadmin_addr: {} (token {})\npolicy: {}\n",
             self.grpc_addr,
+            match &self.tls {
+                None => "plaintext",
+                Some(t) if t.is_mutual() => "mutual TLS",
+                Some(_) => "TLS",
+            },
             self.admin_addr,
             if self.admin_token.is_some() {
                 "set"

@@ -539,13 +539,37 @@ impl StreamHandler {
         };
         match outcome {
             Outcome::Reply(reply) => self.reply(&reply).await,
-            Outcome::Forward(fwd) if headers_answered => {
-                let (mutation, metadata) = self.forward_parts(fwd, None);
-                let mut msg = proto::request_body(proto::common(mutation, true));
+            Outcome::Forward(mut fwd) if headers_answered => {
+                // Chunks of a STREAMED body are already upstream: it cannot be replaced.
+                let rewritten = fwd
+                    .body
+                    .take()
+                    .filter(|_| self.request_mode != BodyMode::Streamed);
+                let (mutation, metadata) =
+                    self.forward_parts(fwd, rewritten.as_ref().map(Vec::len));
+                let mut common = proto::common(mutation, true);
+                if let Some(new_body) = rewritten {
+                    debug!(
+                        len = new_body.len(),
+                        "body normalized for the chosen engine"
+                    );
+                    common = proto::with_body(common, new_body);
+                }
+                let mut msg = proto::request_body(common);
                 msg.dynamic_metadata = Some(metadata);
                 self.send(msg).await
             }
-            Outcome::Forward(fwd) => {
+            Outcome::Forward(mut fwd) => {
+                let body = match fwd.body.take() {
+                    Some(new_body) => {
+                        debug!(
+                            len = new_body.len(),
+                            "body normalized for the chosen engine"
+                        );
+                        new_body
+                    }
+                    None => body,
+                };
                 let (mutation, metadata) = self.forward_parts(fwd, Some(body.len()));
                 let mut msg = proto::request_headers(proto::common(mutation, true));
                 msg.dynamic_metadata = Some(metadata);

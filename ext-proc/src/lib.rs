@@ -13,5 +13,7 @@ pub mod health;
 pub mod metrics;
 pub mod proto;
 pub mod scrape;
+pub mod secret;
 pub mod server;
 pub mod state;
+pub mod tls;

@@ -111,6 +111,14 @@ pub fn common(mutation: HeaderMutation, clear_route_cache: bool) -> CommonRespon
     }
 }
 
+/// Adds a whole-body replacement (BUFFERED mode) to `common`.
+pub fn with_body(mut common: CommonResponse, body: Vec<u8>) -> CommonResponse {
+    common.body_mutation = Some(BodyMutation {
+        mutation: Some(body_mutation::Mutation::Body(body)),
+    });
+    common
+}
+
 /// A response to request headers.
 pub fn request_headers(common: CommonResponse) -> ProcessingResponse {
     ProcessingResponse {

@@ -46,6 +46,11 @@ pub struct Running {
 /// Binds both listeners, registers the configured workers (probed at once) and starts serving.
 /// `config` must be validated.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::TlsConfig::server_config)
+        .transpose()?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
@@ -100,9 +105,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()));
     let mut grpc_shutdown = shutdown_rx.clone();
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .context("configuring TLS on the gRPC port")?;
+    }
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .tcp_nodelay(true)
+        builder
             .add_service(health_service)
             .add_service(ext_proc)
             .serve_with_incoming_shutdown(incoming, async move {

@@ -120,7 +120,7 @@ async fn admin_adds_drains_and_removes_workers() {
 async fn admin_token_is_required_when_set() {
     let w1 = FakeWorker::start(&["m"]).await;
     let mut cfg = config(&[&w1]);
-    cfg.admin_token = Some("s3cret".to_owned());
+    cfg.admin_token = Some("s3cret".into());
     let running = kvroute::server::start(cfg).await.unwrap();
     let client = reqwest::Client::new();
     let url = admin_url(&running, "/workers");
@@ -145,7 +145,7 @@ fn non_loopback_admin_without_token_is_refused() {
         ..Config::default()
     };
     assert!(cfg.validate().is_err());
-    cfg.admin_token = Some("t".to_owned());
+    cfg.admin_token = Some("t".into());
     assert!(cfg.validate().is_ok());
 }
 

@@ -7,6 +7,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::OpenAiError;
+use crate::normalize::{NormalizeConfig, Normalizer};
 use crate::request::{ApiRoute, ParsedRequest, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
 
@@ -28,6 +29,8 @@ pub struct GatewayConfig {
     pub session_header: String,
     /// Largest request body accepted, in bytes (413 above).
     pub max_body_bytes: usize,
+    /// Per-engine request normalization (mixed fleets).
+    pub normalize: NormalizeConfig,
 }
 
 impl Default for GatewayConfig {
@@ -37,6 +40,7 @@ impl Default for GatewayConfig {
             metadata_namespace: DEFAULT_METADATA_NAMESPACE.to_owned(),
             session_header: "x-session-id".to_owned(),
             max_body_bytes: 8 * 1024 * 1024,
+            normalize: NormalizeConfig::default(),
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct Forward {
     pub routed: Routed,
     /// The destination value: the ordered endpoint list joined with `,`.
     pub destination: String,
+    /// The body rewritten into the chosen worker's dialect, when it differs from the client's:
+    /// the shell replaces the request body with it.
+    pub body: Option<Vec<u8>>,
 }
 
 /// What the shell must do with a request.
@@ -117,15 +124,23 @@ pub enum Outcome {
 }
 
 /// The request flow over a [`Router`].
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Gateway {
     config: GatewayConfig,
+    normalizer: Normalizer,
+}
+
+impl Default for Gateway {
+    fn default() -> Gateway {
+        Gateway::new(GatewayConfig::default())
+    }
 }
 
 impl Gateway {
     /// A gateway with these settings.
     pub fn new(config: GatewayConfig) -> Gateway {
-        Gateway { config }
+        let normalizer = Normalizer::new(&config.normalize);
+        Gateway { config, normalizer }
     }
 
     /// The settings.
@@ -183,11 +198,44 @@ impl Gateway {
             Err(reply) => return Outcome::Reply(reply),
         };
         let req = parsed.route_request(session);
-        let result = router.route(&req, subset, now_ms);
-        if let Ok(routed) = &result {
+        let mut result = router.route(&req, subset, now_ms);
+        let mut rewritten = None;
+        if let Ok(routed) = &mut result {
+            rewritten = self.normalize(router, route, body, routed);
             observe(&req, routed);
         }
-        self.finish(result)
+        let mut outcome = self.finish(result);
+        if let Outcome::Forward(fwd) = &mut outcome {
+            fwd.body = rewritten;
+        }
+        outcome
+    }
+
+    /// Rewrites `body` into the dialect of the chosen worker and, when configured, drops the
+    /// fallbacks that would need a different body: when the body was rewritten, only workers
+    /// of the same engine kind that get the same rewrite stay; when it was not, only workers
+    /// that need no rewrite either.
+    fn normalize(
+        &self,
+        router: &Router,
+        route: ApiRoute,
+        body: &[u8],
+        routed: &mut Routed,
+    ) -> Option<Vec<u8>> {
+        let workers = router.workers();
+        let first = workers.get(routed.ticket.worker())?;
+        let rewritten = self.normalizer.normalize(&first.spec, route, body);
+        if self.config.normalize.same_dialect_fallbacks {
+            let first_address = first.spec.address.clone();
+            routed.endpoints.retain(|addr| {
+                *addr == first_address
+                    || workers.by_address(addr).is_some_and(|w| {
+                        (rewritten.is_none() || w.spec.engine == first.spec.engine)
+                            && self.normalizer.normalize(&w.spec, route, body) == rewritten
+                    })
+            });
+        }
+        rewritten
     }
 
     /// Checks and parses an inference body without the router: the costly part of a decision
@@ -265,6 +313,7 @@ impl Gateway {
                 Outcome::Forward(Forward {
                     routed,
                     destination,
+                    body: None,
                 })
             }
             Err(err) => {
@@ -453,5 +502,100 @@ mod tests {
         let mut r2 = Router::new(RouterConfig::default(), 1);
         r2.upsert_worker(WorkerSpec::new("127.0.0.1:1"));
         assert!(gw.list_models(&r2, 5).is_none());
+    }
+
+    fn mixed_router() -> Router {
+        let mut r = Router::new(
+            RouterConfig {
+                policy: PolicyConfig::from_name("round_robin").unwrap(),
+                max_endpoints: 4,
+                ..RouterConfig::default()
+            },
+            1,
+        );
+        for (i, engine) in [
+            crate::EngineKind::Vllm,
+            crate::EngineKind::Sglang,
+            crate::EngineKind::Vllm,
+            crate::EngineKind::Sglang,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.upsert_worker(WorkerSpec {
+                engine,
+                ..WorkerSpec::new(format!("127.0.0.1:900{i}"))
+            });
+        }
+        r
+    }
+
+    fn engine_of(r: &Router, addr: &str) -> crate::EngineKind {
+        r.workers().by_address(addr).unwrap().spec.engine
+    }
+
+    #[test]
+    fn rewritten_bodies_keep_fallbacks_of_the_same_dialect() {
+        let gw = Gateway::default();
+        let mut r = mixed_router();
+        // vLLM rejects stream_options without streaming; SGLang takes the body as is.
+        let body = br#"{"model":"m","prompt":"x","stream_options":{"include_usage":true}}"#;
+        let (mut saw_vllm, mut saw_sglang) = (false, false);
+        for _ in 0..8 {
+            let Outcome::Forward(f) =
+                gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0)
+            else {
+                panic!("expected a forward");
+            };
+            let endpoints: Vec<&str> = f.destination.split(',').collect();
+            let first = engine_of(&r, endpoints[0]);
+            assert_eq!(endpoints.len(), 2, "{}", f.destination);
+            assert!(endpoints.iter().all(|e| engine_of(&r, e) == first));
+            match first {
+                crate::EngineKind::Vllm => {
+                    saw_vllm = true;
+                    let v: serde_json::Value =
+                        serde_json::from_slice(f.body.as_deref().unwrap()).unwrap();
+                    assert!(v.get("stream_options").is_none());
+                    assert_eq!(v["prompt"], "x");
+                }
+                _ => {
+                    saw_sglang = true;
+                    assert!(f.body.is_none());
+                }
+            }
+            r.complete(f.routed.ticket);
+        }
+        assert!(saw_vllm && saw_sglang);
+    }
+
+    #[test]
+    fn untouched_bodies_keep_mixed_fallbacks_and_the_option_can_be_off() {
+        let mut r = mixed_router();
+        let body = br#"{"model":"m","prompt":"x"}"#;
+        let Outcome::Forward(f) =
+            Gateway::default().route_inference(&mut r, ApiRoute::Completions, body, None, None, 0)
+        else {
+            panic!("expected a forward");
+        };
+        assert_eq!(f.destination.split(',').count(), 4);
+        assert!(f.body.is_none());
+        r.complete(f.routed.ticket);
+
+        let gw = Gateway::new(GatewayConfig {
+            normalize: NormalizeConfig {
+                same_dialect_fallbacks: false,
+                ..NormalizeConfig::default()
+            },
+            ..GatewayConfig::default()
+        });
+        let body = br#"{"model":"m","prompt":"x","stream_options":{}}"#;
+        let Outcome::Forward(f) =
+            gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0)
+        else {
+            panic!("expected a forward");
+        };
+        assert_eq!(f.destination.split(',').count(), 4);
+        r.complete(f.routed.ticket);
     }
 }

@@ -17,6 +17,7 @@ pub mod discovery;
 pub mod engine_metrics;
 pub mod error;
 pub mod gateway;
+pub mod normalize;
 pub mod policy;
 pub mod prefix_index;
 pub mod request;
@@ -26,6 +27,7 @@ pub mod worker;
 
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
+pub use normalize::{NormalizeConfig, Normalizer};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
 pub use router::{Routed, Router, RouterConfig, Ticket};

@@ -10,6 +10,8 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::json;
 use serde_yaml_ng::Value;
 
+use crate::certs::ClientTls;
+
 /// How ext_proc receives request bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyMode {
@@ -31,6 +33,9 @@ pub struct EnvoyLayout {
     pub engines: Vec<SocketAddr>,
     /// ext_proc request body mode.
     pub body_mode: BodyMode,
+    /// Connect to kvroute over mutual TLS with these files (adds the `kvroute` cluster's
+    /// `transport_socket`, as documented in `envoy/README.md`).
+    pub kvroute_tls: Option<ClientTls>,
 }
 
 /// Returns `template` (an Envoy bootstrap in YAML) rewritten for `layout`; admin on an
@@ -46,6 +51,13 @@ pub fn render_envoy_config(template: &str, layout: &EnvoyLayout) -> anyhow::Resu
         set_full_duplex(config.listener("gateway")?)?;
     }
     config.cluster_endpoints("kvroute", &[layout.kvroute_grpc])?;
+    if let Some(tls) = &layout.kvroute_tls {
+        config
+            .cluster("kvroute")?
+            .as_mapping_mut()
+            .ok_or_else(|| anyhow!("Envoy config: the kvroute cluster is not a mapping"))?
+            .insert("transport_socket".into(), kvroute_transport_socket(tls)?);
+    }
     if config.cluster("engines")?.get("load_assignment").is_some() {
         config.cluster_endpoints("engines", &layout.engines)?;
     }
@@ -163,6 +175,32 @@ impl EnvoyConfig {
     fn resources(&mut self) -> anyhow::Result<&mut Value> {
         field(&mut self.doc, "static_resources")
     }
+}
+
+/// Mutual TLS from Envoy to kvroute: Envoy presents its certificate and checks kvroute's
+/// against the CA and the name `localhost`; HTTP/2 is negotiated with ALPN.
+fn kvroute_transport_socket(tls: &ClientTls) -> anyhow::Result<Value> {
+    let file = |p: &std::path::Path| json!({ "filename": p.display().to_string() });
+    Ok(serde_yaml_ng::to_value(json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": "localhost",
+            "common_tls_context": {
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": file(&tls.cert),
+                    "private_key": file(&tls.key),
+                }],
+                "validation_context": {
+                    "trusted_ca": file(&tls.ca),
+                    "match_typed_subject_alt_names": [
+                        { "san_type": "DNS", "matcher": { "exact": "localhost" } }
+                    ],
+                },
+            },
+        },
+    }))?)
 }
 
 /// The mapping entry `key` of `value`.

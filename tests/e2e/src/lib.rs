@@ -17,6 +17,7 @@
 //! # }
 //! ```
 
+pub mod certs;
 pub mod client;
 pub mod config;
 pub mod envoy;
@@ -30,5 +31,5 @@ pub mod stack;
 pub use client::http_client;
 pub use config::{BodyMode, EnvoyConfig, EnvoyLayout, render_envoy_config};
 pub use envoy::{Envoy, EnvoyRun};
-pub use sim::{DEFAULT_TIME_SCALE, MODEL, Sim};
+pub use sim::{DEFAULT_TIME_SCALE, EngineSpec, MODEL, Sim};
 pub use stack::{Replica, Stack, StackBuilder};

@@ -82,6 +82,46 @@ impl Sim {
     }
 }
 
+/// One engine of a pool: the simulator's dialect and how kvroute is told about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineSpec {
+    /// The simulator's `--engine` (`vllm` or `sglang`).
+    pub dialect: String,
+    /// The engine kind in kvroute's worker config (`vllm`, `sglang` or `other`).
+    pub kind: String,
+    /// Extra simulator flags.
+    pub sim_args: Vec<String>,
+    /// kvroute's health-check path for this worker, when not the default.
+    pub health_path: Option<String>,
+}
+
+impl EngineSpec {
+    /// A simulator of `dialect` known to kvroute as that same engine kind.
+    pub fn engine(dialect: &str) -> EngineSpec {
+        EngineSpec {
+            dialect: dialect.to_owned(),
+            kind: dialect.to_owned(),
+            sim_args: Vec::new(),
+            health_path: None,
+        }
+    }
+
+    /// A server like the llama.cpp server: no `/health`, no `/metrics`, one request at a
+    /// time, known to kvroute as engine kind `other` health-checked on `/v1/models`.
+    pub fn bare_other() -> EngineSpec {
+        EngineSpec {
+            dialect: "vllm".to_owned(),
+            kind: "other".to_owned(),
+            sim_args: vec![
+                "--no-health-metrics".to_owned(),
+                "--max-running".to_owned(),
+                "1".to_owned(),
+            ],
+            health_path: Some("/v1/models".to_owned()),
+        }
+    }
+}
+
 /// Starts one simulator on an ephemeral port.
 pub(crate) fn spawn_sim(
     bin: &Path,
@@ -91,33 +131,40 @@ pub(crate) fn spawn_sim(
     time_scale: f64,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
-    let args: Vec<String> = [
-        "--port",
-        "0",
-        "--engine",
-        engine,
-        "--model",
-        model,
-        "--id",
-        id,
-        "--block-size",
-        "16",
-        "--kv-blocks",
-        "4096",
-        "--prefill-overhead-ms",
-        "20",
-        "--prefill-us-per-token",
-        "50",
-        "--decode-us-per-token",
-        "10000",
-        "--max-running",
-        "64",
-        "--context-length",
-        "262144",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain(["--time-scale".to_string(), time_scale.to_string()])
-    .collect();
+    spawn_sim_with(bin, id, engine, model, time_scale, log_dir, &[])
+}
+
+/// Starts one simulator on an ephemeral port with extra flags (replacing the defaults of the
+/// same flags).
+pub(crate) fn spawn_sim_with(
+    bin: &Path,
+    id: &str,
+    engine: &str,
+    model: &str,
+    time_scale: f64,
+    log_dir: &Path,
+    extra: &[String],
+) -> anyhow::Result<Proc> {
+    let time_scale = time_scale.to_string();
+    let base: [(&str, &str); 12] = [
+        ("--port", "0"),
+        ("--engine", engine),
+        ("--model", model),
+        ("--id", id),
+        ("--block-size", "16"),
+        ("--kv-blocks", "4096"),
+        ("--prefill-overhead-ms", "20"),
+        ("--prefill-us-per-token", "50"),
+        ("--decode-us-per-token", "10000"),
+        ("--max-running", "64"),
+        ("--context-length", "262144"),
+        ("--time-scale", &time_scale),
+    ];
+    let args: Vec<String> = base
+        .iter()
+        .filter(|(flag, _)| !extra.iter().any(|e| e == flag))
+        .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
+        .chain(extra.iter().cloned())
+        .collect();
     Proc::spawn(id, bin, &args, log_dir)
 }

@@ -7,12 +7,13 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 
+use crate::certs::TestPki;
 use crate::client::http_client;
 use crate::config::{BodyMode, EnvoyLayout};
 use crate::envoy::Envoy;
 use crate::paths;
 use crate::process::Proc;
-use crate::sim::{DEFAULT_TIME_SCALE, Sim, spawn_sim};
+use crate::sim::{DEFAULT_TIME_SCALE, EngineSpec, Sim, spawn_sim, spawn_sim_with};
 
 /// How long a process may take to become ready (debug builds on a busy machine).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -32,9 +33,26 @@ pub struct StackBuilder {
     static_workers: bool,
     kvroute_env: Vec<(String, String)>,
     sim_models: Vec<String>,
+    engine_specs: Vec<EngineSpec>,
+    kvroute_tls: bool,
 }
 
 impl StackBuilder {
+    /// The pool as a list of engine specs (sets the number of engines): mixed dialects and
+    /// engine kinds. kvroute learns them from a generated `workers:` config section.
+    pub fn engine_specs(mut self, specs: Vec<EngineSpec>) -> Self {
+        self.engines = specs.len();
+        self.engine_specs = specs;
+        self
+    }
+
+    /// Serves kvroute's gRPC port with mutual TLS (test certificates made now) and has Envoy
+    /// connect to it with a client certificate.
+    pub fn kvroute_tls(mut self) -> Self {
+        self.kvroute_tls = true;
+        self
+    }
+
     /// A kvroute YAML config file (passed with `--config`; flags still set addresses,
     /// policy, health interval and workers).
     pub fn kvroute_config(mut self, yaml: &str) -> Self {
@@ -125,18 +143,25 @@ impl StackBuilder {
             envoy_bin: envoy_bin.clone(),
             envoy_config: self.envoy_config.clone(),
             body_mode: self.body_mode,
+            kvroute_tls: None,
             client: http_client(false)?,
         };
         let mut pending = Vec::new();
         for i in 0..self.engines {
-            // vLLM dialect: what kvroute assumes for a `--worker` given on the command line.
-            pending.push(spawn_sim(
+            // Default: the vLLM dialect, what kvroute assumes for a `--worker` flag.
+            let spec = self
+                .engine_specs
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| EngineSpec::engine("vllm"));
+            pending.push(spawn_sim_with(
                 &sim_bin,
                 &format!("sim-{i}"),
-                "vllm",
+                &spec.dialect,
                 self.sim_models.get(i).map_or(crate::MODEL, String::as_str),
                 self.time_scale,
                 &log_dir,
+                &spec.sim_args,
             )?);
         }
         if self.outsider {
@@ -169,13 +194,20 @@ impl StackBuilder {
             "--health-interval-ms".into(),
             self.health_interval_ms.to_string(),
         ];
-        if let Some(yaml) = &self.kvroute_config {
+        let pki = if self.kvroute_tls {
+            Some(TestPki::generate(&log_dir.join("pki"))?)
+        } else {
+            None
+        };
+        stack.kvroute_tls = pki.as_ref().map(TestPki::envoy_client);
+        let yaml = self.kvroute_yaml(&stack.sims, pki.as_ref())?;
+        if let Some(yaml) = &yaml {
             let path = log_dir.join("kvroute.yaml");
             std::fs::write(&path, yaml)?;
             args.push("--config".into());
             args.push(path.display().to_string());
         }
-        if self.static_workers {
+        if self.static_workers && self.engine_specs.is_empty() {
             for sim in &stack.sims {
                 args.push("--worker".into());
                 args.push(format!("http://{}", sim.addr));
@@ -191,6 +223,7 @@ impl StackBuilder {
             kvroute_grpc: grpc,
             engines: stack.sims.iter().map(|s| s.addr).collect(),
             body_mode: self.body_mode,
+            kvroute_tls: stack.kvroute_tls.clone(),
         };
         stack.envoy = Some(
             Envoy::start(
@@ -207,6 +240,43 @@ impl StackBuilder {
             stack.wait_alive_workers_healthy().await?;
         }
         Ok(stack)
+    }
+}
+
+impl StackBuilder {
+    /// kvroute's config file: the given YAML plus, when asked for, the `workers:` of the
+    /// engine specs and the `tls:` section. `None`: no file.
+    fn kvroute_yaml(&self, sims: &[Sim], pki: Option<&TestPki>) -> anyhow::Result<Option<String>> {
+        if self.engine_specs.is_empty() && pki.is_none() {
+            return Ok(self.kvroute_config.clone());
+        }
+        let mut doc: serde_yaml_ng::Value =
+            serde_yaml_ng::from_str(self.kvroute_config.as_deref().unwrap_or("{}"))
+                .context("kvroute config is not YAML")?;
+        let map = doc
+            .as_mapping_mut()
+            .ok_or_else(|| anyhow!("kvroute config is not a mapping"))?;
+        if !self.engine_specs.is_empty() {
+            let workers: Vec<Value> = sims
+                .iter()
+                .zip(&self.engine_specs)
+                .map(|(sim, spec)| {
+                    let mut w = serde_json::json!({
+                        "address": format!("http://{}", sim.addr),
+                        "engine": spec.kind,
+                    });
+                    if let Some(p) = &spec.health_path {
+                        w["health_path"] = Value::from(p.as_str());
+                    }
+                    w
+                })
+                .collect();
+            map.insert("workers".into(), serde_yaml_ng::to_value(workers)?);
+        }
+        if let Some(pki) = pki {
+            map.insert("tls".into(), serde_yaml_ng::to_value(pki.kvroute_server())?);
+        }
+        Ok(Some(serde_yaml_ng::to_string(&doc)?))
     }
 }
 
@@ -232,6 +302,8 @@ pub struct Stack {
     envoy_bin: PathBuf,
     envoy_config: String,
     body_mode: BodyMode,
+    /// Envoy's client side of kvroute's mutual TLS, when the stack uses it.
+    kvroute_tls: Option<crate::certs::ClientTls>,
     client: reqwest::Client,
 }
 
@@ -359,6 +431,8 @@ impl Stack {
             static_workers: true,
             kvroute_env: Vec::new(),
             sim_models: Vec::new(),
+            engine_specs: Vec::new(),
+            kvroute_tls: false,
         }
     }
 
@@ -436,6 +510,7 @@ impl Stack {
             kvroute_grpc: kvroute.grpc,
             engines: self.sims.iter().map(|s| s.addr).collect(),
             body_mode: self.body_mode,
+            kvroute_tls: self.kvroute_tls.clone(),
         };
         let envoy = Envoy::start(
             &format!("envoy-{name}"),

@@ -33,6 +33,7 @@ fn layout(body_mode: BodyMode) -> EnvoyLayout {
         kvroute_grpc: addr(19002),
         engines: vec![addr(18101), addr(18102)],
         body_mode,
+        kvroute_tls: None,
     }
 }
 
@@ -232,4 +233,21 @@ fn compose_file_parses_and_uses_the_shipped_config() {
         .filter(|k| k.starts_with("engine"))
         .count();
     assert_eq!(engines, 4);
+}
+
+#[test]
+fn rendered_mutual_tls_to_kvroute_passes_envoy_validate() {
+    let dir = paths::log_dir("rendered_mutual_tls_to_kvroute_passes_envoy_validate").expect("dir");
+    let pki = kvroute_e2e::certs::TestPki::generate(&dir.join("pki")).expect("certificates");
+    let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("readable");
+    let mut tls_layout = layout(BodyMode::Buffered);
+    tls_layout.kvroute_tls = Some(pki.envoy_client());
+    let rendered = render_envoy_config(&template, &tls_layout).expect("renders");
+    let doc: Value = serde_yaml_ng::from_str(&rendered).expect("YAML");
+    let socket = &cluster(&doc, "kvroute")["transport_socket"];
+    assert_eq!(socket["name"], "envoy.transport_sockets.tls");
+    assert!(cluster(&doc, "engines").get("transport_socket").is_none());
+    let out = dir.join("envoy-tls.yaml");
+    std::fs::write(&out, rendered).expect("written");
+    envoy_validates(&out);
 }

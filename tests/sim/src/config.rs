@@ -93,6 +93,10 @@ pub struct SimConfig {
     /// Adds an `x-kvroute-sim-id` response header with this value.
     #[arg(long)]
     pub id: Option<String>,
+    /// Serves neither `/health` nor `/metrics` (404), like the llama.cpp server: for tests of
+    /// engines the router knows nothing about.
+    #[arg(long)]
+    pub no_health_metrics: bool,
 }
 
 impl Default for SimConfig {
@@ -113,6 +117,7 @@ impl Default for SimConfig {
             time_scale: 1.0,
             context_length: 32768,
             id: None,
+            no_health_metrics: false,
         }
     }
 }

@@ -27,9 +27,12 @@ pub fn router(engine: Arc<Engine>) -> Router {
     let mut r = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .route("/v1/models", get(models))
-        .route("/health", get(health))
-        .route("/metrics", get(metrics_text));
+        .route("/v1/models", get(models));
+    if !engine.cfg.no_health_metrics {
+        r = r
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_text));
+    }
     r = match engine.cfg.engine {
         EngineKind::Vllm => r.route("/reset_prefix_cache", post(reset_prefix_cache)),
         EngineKind::Sglang => r
