@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::OpenAiError;
+use crate::error::{OpenAiError, RouteError};
+use crate::limits::LimitsConfig;
 use crate::request::{ApiRoute, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
 
@@ -120,12 +121,52 @@ pub enum Outcome {
 #[derive(Clone, Debug, Default)]
 pub struct Gateway {
     config: GatewayConfig,
+    limits: LimitsConfig,
 }
 
 impl Gateway {
     /// A gateway with these settings.
     pub fn new(config: GatewayConfig) -> Gateway {
-        Gateway { config }
+        Gateway {
+            config,
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// The same gateway with these admission limits.
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Gateway {
+        self.limits = limits;
+        self
+    }
+
+    /// The admission limits.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The 503 answer of a decision that missed its deadline
+    /// ([`crate::DeadlinePolicy::Reject`]).
+    pub fn deadline_reply(&self) -> LocalReply {
+        let err = OpenAiError::new(
+            "the routing decision could not be made in time",
+            "service_unavailable",
+            "decision_timeout",
+            None,
+        );
+        LocalReply::error(503, &err, Some(1))
+    }
+
+    /// The 429 answer when the global in-flight limit is reached, if it is.
+    fn shed(&self, router: &Router) -> Option<Outcome> {
+        if !self.limits.sheds(router.outstanding()) {
+            return None;
+        }
+        let err = RouteError::Overloaded;
+        Some(Outcome::Reply(LocalReply::error(
+            429,
+            &err.to_openai(),
+            Some(self.limits.retry_after_secs),
+        )))
     }
 
     /// The settings.
@@ -189,6 +230,9 @@ impl Gateway {
             Ok(p) => p,
             Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),
         };
+        if let Some(shed) = self.shed(router) {
+            return shed;
+        }
         let req = parsed.route_request(session);
         let result = router.route(&req, subset, now_ms);
         if let Ok(routed) = &result {
@@ -205,6 +249,9 @@ impl Gateway {
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
+        if let Some(shed) = self.shed(router) {
+            return shed;
+        }
         self.finish(router.route_any(subset, now_ms))
     }
 
@@ -235,7 +282,7 @@ impl Gateway {
         })
     }
 
-    fn finish(&self, result: Result<Routed, crate::error::RouteError>) -> Outcome {
+    fn finish(&self, result: Result<Routed, RouteError>) -> Outcome {
         match result {
             Ok(routed) => {
                 let destination = routed.endpoints.join(",");
@@ -246,7 +293,7 @@ impl Gateway {
             }
             Err(err) => {
                 let retry = match err.status() {
-                    429 => Some(1),
+                    429 => Some(self.limits.retry_after_secs),
                     503 => Some(5),
                     _ => None,
                 };

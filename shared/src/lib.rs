@@ -13,8 +13,10 @@
 //! 3. When the response ends (or fails, or is reset) the shell hands the ticket back to
 //!    [`router::Router::complete`], which releases the in-flight count exactly once.
 
+pub mod circuit;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod policy;
 pub mod prefix_index;
 pub mod request;
@@ -22,8 +24,10 @@ pub mod router;
 pub mod shared_state;
 pub mod worker;
 
+pub use circuit::{CircuitConfig, CircuitState};
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
+pub use limits::{DeadlinePolicy, LimitsConfig};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
 pub use router::{Routed, Router, RouterConfig, Ticket};
