@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use kvroute_core::{EngineKind, GatewayConfig, RouterConfig, WorkerSpec};
+use kvroute_core::{EngineKind, GatewayConfig, LimitsConfig, RouterConfig, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
 /// Why a configuration was rejected.
@@ -151,6 +151,8 @@ pub struct Config {
     pub health: HealthConfig,
     /// Static workers.
     pub workers: Vec<WorkerConfig>,
+    /// Admission limits: global in-flight cap (429), decision deadline.
+    pub limits: LimitsConfig,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -165,6 +167,7 @@ impl Default for Config {
             router: RouterConfig::default(),
             health: HealthConfig::default(),
             workers: Vec::new(),
+            limits: LimitsConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -202,6 +205,7 @@ impl Config {
         self.validate_gateway()?;
         self.validate_router()?;
         self.validate_health()?;
+        self.validate_limits()?;
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w
@@ -258,6 +262,23 @@ impl Config {
             return Err(invalid(
                 format!("router.model_policies.{model:?}"),
                 "model name must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_in_flight == Some(0) {
+            return Err(invalid(
+                "limits.max_in_flight",
+                "must be at least 1 (omit it for no limit)",
+            ));
+        }
+        if l.decision_timeout_ms == Some(0) {
+            return Err(invalid(
+                "limits.decision_timeout_ms",
+                "must be positive (omit it for no deadline)",
             ));
         }
         Ok(())
