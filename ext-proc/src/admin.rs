@@ -124,7 +124,10 @@ async fn add_worker(State(state): State<AdminState>, Json(spec): Json<WorkerConf
             let found = {
                 let now = state.shared.now_ms();
                 let router = state.shared.router();
-                router.workers().by_address(&address).map(|w| view(&router, now, w))
+                router
+                    .workers()
+                    .by_address(&address)
+                    .map(|w| view(&router, now, w))
             };
             let status = if is_new {
                 StatusCode::CREATED

@@ -412,10 +412,7 @@ impl StreamHandler {
                     .record_decision("", Some(r.status), secs, None);
                 debug!(status = r.status, "local reply");
             }
-            None => self
-                .shared
-                .metrics
-                .record_decision("", None, secs, None),
+            None => self.shared.metrics.record_decision("", None, secs, None),
         }
         outcome
     }

@@ -27,6 +27,6 @@ pub mod sim;
 pub mod stack;
 
 pub use client::http_client;
-pub use config::{BodyMode, EnvoyLayout, render_envoy_config};
+pub use config::{BodyMode, EnvoyLayout, render_envoy_config, set_failure_mode_allow};
 pub use sim::{MODEL, Sim};
 pub use stack::{Stack, StackBuilder};

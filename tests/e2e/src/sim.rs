@@ -19,6 +19,8 @@ pub struct Sim {
     pub addr: SocketAddr,
     pub(crate) alive: bool,
     pub(crate) proc: Proc,
+    /// Arguments it was started with, for restarts on the same port.
+    pub(crate) args: Vec<String>,
 }
 
 impl Sim {
@@ -38,6 +40,7 @@ impl Sim {
             addr,
             alive: true,
             proc,
+            args: Vec::new(),
         })
     }
 
@@ -55,9 +58,24 @@ pub(crate) fn spawn_sim(
     time_scale: f64,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
+    spawn_sim_with(bin, id, engine, time_scale, 0, &[], log_dir).map(|(p, _)| p)
+}
+
+/// Starts one simulator on `port` (0: ephemeral) with `extra` arguments; returns the
+/// process and its full argument list.
+pub(crate) fn spawn_sim_with(
+    bin: &Path,
+    id: &str,
+    engine: &str,
+    time_scale: f64,
+    port: u16,
+    extra: &[String],
+    log_dir: &Path,
+) -> anyhow::Result<(Proc, Vec<String>)> {
+    let port = port.to_string();
     let args: Vec<String> = [
         "--port",
-        "0",
+        &port,
         "--engine",
         engine,
         "--model",
@@ -82,6 +100,7 @@ pub(crate) fn spawn_sim(
     .iter()
     .map(|s| s.to_string())
     .chain(["--time-scale".to_string(), time_scale.to_string()])
+    .chain(extra.iter().cloned())
     .collect();
-    Proc::spawn(id, bin, &args, log_dir)
+    Ok((Proc::spawn(id, bin, &args, log_dir)?, args))
 }
