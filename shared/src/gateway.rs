@@ -226,6 +226,13 @@ impl Gateway {
             let err = RequestError::InvalidJson("request body is empty".to_owned());
             return Outcome::Reply(LocalReply::from_request_error(&err));
         }
+        if crate::limits::json_too_deep(body, self.limits.max_json_depth) {
+            let err = RequestError::InvalidJson(format!(
+                "JSON nesting deeper than {} levels",
+                self.limits.max_json_depth
+            ));
+            return Outcome::Reply(LocalReply::from_request_error(&err));
+        }
         let parsed = match parse_request(route, body) {
             Ok(p) => p,
             Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),

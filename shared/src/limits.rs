@@ -29,6 +29,9 @@ pub struct LimitsConfig {
     pub decision_timeout_ms: Option<u64>,
     /// What a request gets when its decision misses the deadline.
     pub on_decision_timeout: DeadlinePolicy,
+    /// Deepest JSON nesting accepted in a request body (400 above): a nesting bomb is
+    /// refused here instead of reaching an engine's parser.
+    pub max_json_depth: usize,
 }
 
 impl Default for LimitsConfig {
@@ -38,6 +41,7 @@ impl Default for LimitsConfig {
             retry_after_secs: 1,
             decision_timeout_ms: None,
             on_decision_timeout: DeadlinePolicy::FailOpen,
+            max_json_depth: 128,
         }
     }
 }
@@ -49,9 +53,50 @@ impl LimitsConfig {
     }
 }
 
+/// Whether the JSON text `body` nests arrays and objects deeper than `limit`. A linear scan
+/// that skips strings (and escapes in them); it does not validate the JSON.
+pub fn json_too_deep(body: &[u8], limit: usize) -> bool {
+    let mut depth = 0usize;
+    let mut in_string = false;
+    let mut escaped = false;
+    for &b in body {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_scan_skips_strings() {
+        assert!(!json_too_deep(br#"{"a":[[1]]}"#, 3));
+        assert!(json_too_deep(br#"{"a":[[[1]]]}"#, 3));
+        assert!(!json_too_deep(br#"{"a":"[[[[[[\"[[[["}"#, 1));
+        let bomb = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(json_too_deep(bomb.as_bytes(), 128));
+    }
 
     #[test]
     fn sheds_only_at_the_limit() {
