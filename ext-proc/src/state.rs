@@ -150,6 +150,8 @@ mod tests {
     use kvroute_core::RouterConfig;
 
     #[tokio::test]
+    // Holding the router across the wait is the point: it is what a stuck decision looks like.
+    #[allow(clippy::await_holding_lock)]
     async fn router_within_gives_up_while_the_router_is_busy() {
         let shared = Shared::new(Router::new(RouterConfig::default(), 1), Gateway::default());
         let held = shared.router();
