@@ -372,6 +372,27 @@ mod tests {
     }
 
     #[test]
+    fn limits_and_circuit_parse_and_validate() {
+        let c = Config::from_yaml(
+            "limits: {max_in_flight: 10, decision_timeout_ms: 50, on_decision_timeout: reject}\n\
+             router:\n  circuit: {consecutive_failures: 2, cooldown_ms: 100}\n",
+            "t",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_in_flight, Some(10));
+        assert_eq!(c.router.circuit.consecutive_failures, 2);
+        for bad in [
+            "limits: {max_in_flight: 0}\n",
+            "limits: {decision_timeout_ms: 0}\n",
+        ] {
+            let c = Config::from_yaml(bad, "t").unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_yaml("limits: {on_decision_timeout: maybe}\n", "t").is_err());
+    }
+
+    #[test]
     fn rejects_unknown_policy_and_bad_thresholds() {
         let err = Config::from_yaml("router:\n  policy: {name: nope}\n", "t").unwrap_err();
         assert!(err.to_string().contains("nope"));
