@@ -2,9 +2,11 @@
 //!
 //! A worker added to the router starts UNHEALTHY and is probed at once: no request is sent to
 //! a worker before it answered its health check once (with `healthy_threshold: 1`, the
-//! default, that is the first probe). Any 2xx is healthy; a timeout, a connection error or
-//! another status is a failure. `healthy_threshold` consecutive successes make a worker
-//! healthy, `unhealthy_threshold` consecutive failures unhealthy. A worker configured without
+//! default, that is the first probe). At start-up the service waits for that first probe of
+//! every configured worker before accepting requests ([`Workers::first_round`]). Any 2xx is
+//! healthy; a timeout, a connection error or another status is a failure.
+//! `healthy_threshold` consecutive successes make a worker healthy, `unhealthy_threshold`
+//! consecutive failures unhealthy. A worker configured without
 //! models learns them from its `/v1/models` on every transition to healthy (it serves every
 //! model until that succeeds).
 
