@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing clean
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing soak clean
 
 all: build
 
@@ -52,6 +52,11 @@ bench-overhead: setup
 bench-routing:
 	scripts/setup-envoy.sh >/dev/null
 	scripts/bench-routing.sh
+## Soak run through Envoy + kvroute + engines with faults (`SOAK_SECS=3600 make soak`; the
+## CI-sized 60 s form runs in `make test`). Report: target/e2e-logs/soak/report.json.
+SOAK_SECS ?= 600
+soak: setup build
+	SOAK_SECS=$(SOAK_SECS) $(CARGO) test -p kvroute-e2e --test soak -- --nocapture
 
 clean:
 	$(CARGO) clean

@@ -54,6 +54,8 @@ pub struct WorkerView {
     pub in_flight: u32,
     /// The engine's scraped load, while fresh.
     pub load: Option<kvroute_core::LoadReport>,
+    /// Circuit-breaker state: `closed`, `open` or `half_open`.
+    pub circuit: &'static str,
 }
 
 /// The admin API routes.
@@ -102,8 +104,9 @@ fn error_body(message: &str) -> Json<serde_json::Value> {
     Json(serde_json::json!({ "error": message }))
 }
 
-fn view(w: &kvroute_core::Worker) -> WorkerView {
+fn view(router: &kvroute_core::Router, now_ms: u64, w: &kvroute_core::Worker) -> WorkerView {
     WorkerView {
+        circuit: router.circuit_state(w.id, now_ms).as_str(),
         address: w.spec.address.clone(),
         engine: w.spec.engine.as_str(),
         models: w.spec.models.clone(),
@@ -116,8 +119,15 @@ fn view(w: &kvroute_core::Worker) -> WorkerView {
 }
 
 async fn list_workers(State(state): State<AdminState>) -> Json<Vec<WorkerView>> {
+    let now = state.shared.now_ms();
     let router = state.shared.router();
-    Json(router.workers().iter().map(view).collect())
+    Json(
+        router
+            .workers()
+            .iter()
+            .map(|w| view(&router, now, w))
+            .collect(),
+    )
 }
 
 async fn add_worker(State(state): State<AdminState>, Json(spec): Json<WorkerConfig>) -> Response {
@@ -125,8 +135,12 @@ async fn add_worker(State(state): State<AdminState>, Json(spec): Json<WorkerConf
         Ok((address, is_new)) => {
             state.workers.update_readiness().await;
             let found = {
+                let now = state.shared.now_ms();
                 let router = state.shared.router();
-                router.workers().by_address(&address).map(view)
+                router
+                    .workers()
+                    .by_address(&address)
+                    .map(|w| view(&router, now, w))
             };
             let status = if is_new {
                 StatusCode::CREATED
@@ -155,11 +169,12 @@ fn normalized(address: &str) -> String {
 async fn drain_worker(State(state): State<AdminState>, Path(address): Path<String>) -> Response {
     let address = normalized(&address);
     let found = {
+        let now = state.shared.now_ms();
         let mut router = state.shared.router();
         let id = router.workers().by_address(&address).map(|w| w.id);
         id.map(|id| {
             router.set_draining(id, true);
-            router.workers().get(id).map(view)
+            router.workers().get(id).map(|w| view(&router, now, w))
         })
     };
     match found.flatten() {

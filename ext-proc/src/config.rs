@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use kvroute_core::{EngineKind, GatewayConfig, RouterConfig, WorkerSpec};
+use kvroute_core::{EngineKind, GatewayConfig, LimitsConfig, RouterConfig, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::Secret;
@@ -160,6 +160,8 @@ pub struct Config {
     pub workers: Vec<WorkerConfig>,
     /// Kubernetes discovery of further workers, if any.
     pub discovery: Option<crate::discovery::DiscoveryConfig>,
+    /// Admission limits: global in-flight cap (429), decision deadline.
+    pub limits: LimitsConfig,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
     pub shutdown_grace_ms: u64,
 }
@@ -177,6 +179,7 @@ impl Default for Config {
             scrape: crate::scrape::ScrapeConfig::default(),
             workers: Vec::new(),
             discovery: None,
+            limits: LimitsConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -238,6 +241,7 @@ impl Config {
         self.scrape
             .validate()
             .map_err(|(field, message)| invalid(field, message))?;
+        self.validate_limits()?;
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w
@@ -294,6 +298,23 @@ impl Config {
             return Err(invalid(
                 format!("router.model_policies.{model:?}"),
                 "model name must not be empty",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_in_flight == Some(0) {
+            return Err(invalid(
+                "limits.max_in_flight",
+                "must be at least 1 (omit it for no limit)",
+            ));
+        }
+        if l.decision_timeout_ms == Some(0) {
+            return Err(invalid(
+                "limits.decision_timeout_ms",
+                "must be positive (omit it for no deadline)",
             ));
         }
         Ok(())
@@ -402,6 +423,27 @@ mod tests {
         let err = Config::from_yaml("grpc_addr: 127.0.0.1:1\nbogus: 1\n", "t.yaml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("bogus") && msg.contains("line 2"), "{msg}");
+    }
+
+    #[test]
+    fn limits_and_circuit_parse_and_validate() {
+        let c = Config::from_yaml(
+            "limits: {max_in_flight: 10, decision_timeout_ms: 50, on_decision_timeout: reject}\n\
+             router:\n  circuit: {consecutive_failures: 2, cooldown_ms: 100}\n",
+            "t",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.limits.max_in_flight, Some(10));
+        assert_eq!(c.router.circuit.consecutive_failures, 2);
+        for bad in [
+            "limits: {max_in_flight: 0}\n",
+            "limits: {decision_timeout_ms: 0}\n",
+        ] {
+            let c = Config::from_yaml(bad, "t").unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+        assert!(Config::from_yaml("limits: {on_decision_timeout: maybe}\n", "t").is_err());
     }
 
     #[test]

@@ -42,7 +42,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeaderMutation, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
 };
 use futures_util::Stream;
-use kvroute_core::{ApiRoute, LocalReply, Outcome, RequestKind};
+use kvroute_core::{ApiRoute, DeadlinePolicy, LocalReply, Outcome, RequestKind};
 use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, field};
@@ -154,6 +154,7 @@ struct StreamHandler {
     state: RequestState,
     body: Vec<u8>,
     guard: Option<TicketGuard>,
+    response_seen: bool,
 }
 
 impl StreamHandler {
@@ -173,6 +174,7 @@ impl StreamHandler {
             state: RequestState::Start,
             body: Vec::new(),
             guard: None,
+            response_seen: false,
         }
     }
 
@@ -196,6 +198,12 @@ impl StreamHandler {
             releasing_ticket = self.guard.is_some(),
             "ext_proc stream closed"
         );
+        if let Some(guard) = self.guard.as_ref()
+            && !self.response_seen
+        {
+            // Forwarded, and the stream ended before any response: an upstream reset.
+            guard.record_result(false);
+        }
     }
 
     async fn send(&self, msg: ProcessingResponse) -> Result<(), Closed> {
@@ -225,6 +233,12 @@ impl StreamHandler {
                 .or_else(|| proto::find_header(h.headers.as_ref(), SERVED_KEY).map(str::to_owned));
                 if let (Some(addr), Some(guard)) = (served, self.guard.as_mut()) {
                     guard.served_by(&addr);
+                }
+                if let Some(guard) = self.guard.as_ref() {
+                    let status = proto::find_header(h.headers.as_ref(), ":status")
+                        .and_then(|s| s.parse::<u16>().ok());
+                    guard.record_result(status.is_some_and(|s| s < 500));
+                    self.response_seen = true;
                 }
                 if h.end_of_stream {
                     self.release();
@@ -303,16 +317,18 @@ impl StreamHandler {
             }
             RequestKind::Inference(route) => {
                 // No body at all: the core answers with its "empty body" error.
-                let outcome = self.decide(|gw, router, now| {
-                    gw.route_inference(
-                        router,
-                        route,
-                        b"",
-                        session.as_deref(),
-                        as_refs(&subset).as_deref(),
-                        now,
-                    )
-                });
+                let outcome = self
+                    .decide(|gw, router, now| {
+                        gw.route_inference(
+                            router,
+                            route,
+                            b"",
+                            session.as_deref(),
+                            as_refs(&subset).as_deref(),
+                            now,
+                        )
+                    })
+                    .await;
                 self.answer_at_headers(outcome, None).await
             }
             RequestKind::ListModels => {
@@ -324,51 +340,79 @@ impl StreamHandler {
                     self.shared.gateway.list_models(&router, now_secs)
                 };
                 let outcome = match listed {
-                    Some(reply) => Outcome::Reply(reply),
-                    None => self.decide(|gw, router, now| {
-                        gw.route_other(router, as_refs(&subset).as_deref(), now)
-                    }),
+                    Some(reply) => Some(Outcome::Reply(reply)),
+                    None => {
+                        self.decide(|gw, router, now| {
+                            gw.route_other(router, as_refs(&subset).as_deref(), now)
+                        })
+                        .await
+                    }
                 };
                 self.answer_at_headers(outcome, None).await
             }
             RequestKind::Other => {
-                let outcome = self.decide(|gw, router, now| {
-                    gw.route_other(router, as_refs(&subset).as_deref(), now)
-                });
+                let outcome = self
+                    .decide(|gw, router, now| {
+                        gw.route_other(router, as_refs(&subset).as_deref(), now)
+                    })
+                    .await;
                 self.answer_at_headers(outcome, None).await
             }
         }
     }
 
-    /// Takes one decision under the router lock and records its metrics.
-    fn decide(
+    /// Takes one decision under the router lock and records its metrics. `None`: the
+    /// decision missed `limits.decision_timeout_ms` and the request is let through unrouted
+    /// (`on_decision_timeout: fail_open`); `reject` gives a 503 reply instead.
+    async fn decide(
         &self,
         f: impl FnOnce(&kvroute_core::Gateway, &mut kvroute_core::Router, u64) -> Outcome,
-    ) -> Outcome {
-        self.decide_since(Instant::now(), f)
+    ) -> Option<Outcome> {
+        self.decide_since(Instant::now(), f).await
     }
 
     /// [`StreamHandler::decide`] for a decision that started at `started` (body parsing done
     /// outside the lock counts in its duration).
-    fn decide_since(
+    async fn decide_since(
         &self,
         started: Instant,
         f: impl FnOnce(&kvroute_core::Gateway, &mut kvroute_core::Router, u64) -> Outcome,
-    ) -> Outcome {
-        let now = self.shared.now_ms();
-        let outcome = {
-            let mut router = self.shared.router();
-            f(&self.shared.gateway, &mut router, now)
+    ) -> Option<Outcome> {
+        let limits = self.shared.gateway.limits();
+        let outcome = match limits.decision_timeout_ms {
+            None => {
+                let mut router = self.shared.router();
+                let now = self.shared.now_ms();
+                Some(f(&self.shared.gateway, &mut router, now))
+            }
+            Some(ms) => {
+                let deadline = std::time::Duration::from_millis(ms);
+                match self.shared.router_within(deadline).await {
+                    Some(mut router) => {
+                        let now = self.shared.now_ms();
+                        Some(f(&self.shared.gateway, &mut router, now))
+                    }
+                    None => {
+                        tracing::warn!(timeout_ms = ms, "routing decision missed its deadline");
+                        match limits.on_decision_timeout {
+                            DeadlinePolicy::FailOpen => None,
+                            DeadlinePolicy::Reject => {
+                                Some(Outcome::Reply(self.shared.gateway.deadline_reply()))
+                            }
+                        }
+                    }
+                }
+            }
         };
-        self.record(started, &outcome);
+        self.record(started, outcome.as_ref());
         outcome
     }
 
     /// Records a decision's metrics.
-    fn record(&self, started: Instant, outcome: &Outcome) {
+    fn record(&self, started: Instant, outcome: Option<&Outcome>) {
         let secs = started.elapsed().as_secs_f64();
         match outcome {
-            Outcome::Forward(f) => {
+            Some(Outcome::Forward(f)) => {
                 self.shared.metrics.record_decision(
                     f.routed.policy,
                     None,
@@ -377,12 +421,13 @@ impl StreamHandler {
                 );
                 debug!(destination = %f.destination, policy = f.routed.policy, "routed");
             }
-            Outcome::Reply(r) => {
+            Some(Outcome::Reply(r)) => {
                 self.shared
                     .metrics
                     .record_decision("", Some(r.status), secs, None);
                 debug!(status = r.status, "local reply");
             }
+            None => self.shared.metrics.record_decision("", None, secs, None),
         }
     }
 
@@ -420,12 +465,17 @@ impl StreamHandler {
     /// Answers in the request-headers response (no body read, or the held duplex headers).
     async fn answer_at_headers(
         &mut self,
-        outcome: Outcome,
+        outcome: Option<Outcome>,
         content_length: Option<usize>,
     ) -> Result<(), Closed> {
         match outcome {
-            Outcome::Reply(reply) => self.reply(&reply).await,
-            Outcome::Forward(fwd) => {
+            None => {
+                self.state = RequestState::PassThrough;
+                let strip = proto::common(self.strip_mutation(), false);
+                self.send(proto::request_headers(strip)).await
+            }
+            Some(Outcome::Reply(reply)) => self.reply(&reply).await,
+            Some(Outcome::Forward(fwd)) => {
                 self.state = RequestState::PassThrough;
                 let (mutation, metadata) = self.forward_parts(fwd, content_length);
                 let mut msg = proto::request_headers(proto::common(mutation, true));
@@ -522,20 +572,40 @@ impl StreamHandler {
         // Parsing is linear in the body: done before taking the router lock.
         let started = Instant::now();
         let outcome = match self.shared.gateway.parse_inference(route, &body) {
-            Ok(parsed) => self.decide_since(started, |gw, router, now| {
-                gw.route_parsed(
-                    router,
-                    &parsed,
-                    session.as_deref(),
-                    as_refs(&subset).as_deref(),
-                    now,
-                )
-            }),
+            Ok(parsed) => {
+                self.decide_since(started, |gw, router, now| {
+                    gw.route_parsed(
+                        router,
+                        &parsed,
+                        &body,
+                        session.as_deref(),
+                        as_refs(&subset).as_deref(),
+                        now,
+                    )
+                })
+                .await
+            }
             Err(reply) => {
                 let outcome = Outcome::Reply(reply);
-                self.record(started, &outcome);
-                outcome
+                self.record(started, Some(&outcome));
+                Some(outcome)
             }
+        };
+        let Some(outcome) = outcome else {
+            // Missed the deadline, fail-open: on unrouted, the proxy's fallback policy picks.
+            if headers_answered {
+                return self.send(proto::request_body(Default::default())).await;
+            }
+            let mut mutation = self.strip_mutation();
+            mutation
+                .set_headers
+                .push(proto::set_header("content-length", body.len().to_string()));
+            self.send(proto::request_headers(proto::common(mutation, false)))
+                .await?;
+            for chunk in proto::restream_request_body(body, end_of_stream) {
+                self.send(chunk).await?;
+            }
+            return Ok(());
         };
         match outcome {
             Outcome::Reply(reply) => self.reply(&reply).await,

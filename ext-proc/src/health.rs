@@ -2,9 +2,11 @@
 //!
 //! A worker added to the router starts UNHEALTHY and is probed at once: no request is sent to
 //! a worker before it answered its health check once (with `healthy_threshold: 1`, the
-//! default, that is the first probe). Any 2xx is healthy; a timeout, a connection error or
-//! another status is a failure. `healthy_threshold` consecutive successes make a worker
-//! healthy, `unhealthy_threshold` consecutive failures unhealthy. A worker configured without
+//! default, that is the first probe). At start-up the service waits for that first probe of
+//! every configured worker before accepting requests ([`Workers::first_round`]). Any 2xx is
+//! healthy; a timeout, a connection error or another status is a failure.
+//! `healthy_threshold` consecutive successes make a worker healthy, `unhealthy_threshold`
+//! consecutive failures unhealthy. A worker configured without
 //! models learns them from its `/v1/models` on every transition to healthy (it serves every
 //! model until that succeeds).
 
@@ -13,6 +15,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use kvroute_core::WorkerSpec;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
@@ -33,6 +36,7 @@ pub struct Workers {
     client: reqwest::Client,
     reporter: HealthReporter,
     tasks: Mutex<HashMap<String, JoinHandle<()>>>,
+    first_round: Mutex<Vec<oneshot::Receiver<()>>>,
 }
 
 impl std::fmt::Debug for Workers {
@@ -60,6 +64,7 @@ impl Workers {
             client,
             reporter,
             tasks: Mutex::new(HashMap::new()),
+            first_round: Mutex::new(Vec::new()),
         }))
     }
 
@@ -67,6 +72,47 @@ impl Workers {
     /// health and counters), and (re)starts its probe task. Returns the normalized address and
     /// whether the worker is new.
     pub fn upsert(self: &Arc<Self>, worker: &WorkerConfig) -> Result<(String, bool), String> {
+        self.upsert_inner(worker, None)
+    }
+
+    /// [`Workers::upsert`] for a worker known at start-up: [`Workers::first_round`] waits for
+    /// its first probe.
+    pub fn upsert_initial(
+        self: &Arc<Self>,
+        worker: &WorkerConfig,
+    ) -> Result<(String, bool), String> {
+        let (tx, rx) = oneshot::channel();
+        let added = self.upsert_inner(worker, Some(tx))?;
+        self.first_round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(rx);
+        Ok(added)
+    }
+
+    /// Waits until every worker added with [`Workers::upsert_initial`] was probed once (and,
+    /// when healthy, asked for its models), at most two probe timeouts: a picker that
+    /// announces readiness before then would answer 503 to requests it could route.
+    pub async fn first_round(&self) {
+        let pending: Vec<_> = self
+            .first_round
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain(..)
+            .collect();
+        let bound = Duration::from_millis(self.config.timeout_ms.saturating_mul(2) + 100);
+        let all = futures_util::future::join_all(pending);
+        if tokio::time::timeout(bound, all).await.is_err() {
+            warn!("some workers did not answer their first health probe in time");
+        }
+        self.update_readiness().await;
+    }
+
+    fn upsert_inner(
+        self: &Arc<Self>,
+        worker: &WorkerConfig,
+        first_done: Option<oneshot::Sender<()>>,
+    ) -> Result<(String, bool), String> {
         let spec = worker.spec()?;
         if let Some(p) = &worker.health_path
             && !p.starts_with('/')
@@ -102,6 +148,7 @@ impl Workers {
                 worker.health_path.as_deref().unwrap_or(&self.config.path)
             ),
             healthy,
+            first_done,
         };
         let handle = tokio::spawn(probe.run());
         let old = self.tasks().insert(address.clone(), handle);
@@ -181,6 +228,7 @@ struct Probe {
     discover: bool,
     url: String,
     healthy: bool,
+    first_done: Option<oneshot::Sender<()>>,
 }
 
 impl Probe {
@@ -216,6 +264,9 @@ impl Probe {
                 self.workers.update_readiness().await;
             } else if self.healthy && self.discover && !discovered {
                 discovered = self.discover_models().await;
+            }
+            if let Some(done) = self.first_done.take() {
+                let _ = done.send(());
             }
         }
     }

@@ -66,7 +66,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         ^ u64::from(std::process::id());
     let shared = Shared::new(
         Router::new(config.router.clone(), seed),
-        Gateway::new(config.gateway.clone()),
+        Gateway::new(config.gateway.clone()).with_limits(config.limits.clone()),
     );
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
@@ -83,9 +83,11 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let workers = Workers::new(shared.clone(), config.health.clone(), reporter)?;
     for w in &config.workers {
         workers
-            .upsert(w)
+            .upsert_initial(w)
             .map_err(|e| anyhow::anyhow!("worker {}: {e}", w.address))?;
     }
+    // One probe round before the gRPC server accepts: no 503 for routable requests.
+    workers.first_round().await;
 
     let discovery = match &config.discovery {
         Some(d) => {

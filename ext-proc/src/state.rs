@@ -1,8 +1,9 @@
 //! State shared by the gRPC service, the health checkers and the admin API.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::time::{Duration, Instant};
 
+use kvroute_core::circuit::Transition;
 use kvroute_core::{Gateway, Router, Ticket};
 
 use crate::metrics::Metrics;
@@ -43,6 +44,26 @@ impl Shared {
         self.router.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Locks the router, waiting at most `timeout` for it; `None` when it stayed busy (the
+    /// decision deadline of `limits.decision_timeout_ms`). Never holds a thread while waiting.
+    pub async fn router_within(&self, timeout: Duration) -> Option<MutexGuard<'_, Router>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            match self.router.try_lock() {
+                Ok(guard) => return Some(guard),
+                Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            tokio::time::sleep(pause.min(deadline - now)).await;
+            pause = (pause * 2).min(Duration::from_millis(2));
+        }
+    }
+
     /// Milliseconds on the service's monotonic clock.
     pub fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
@@ -79,6 +100,32 @@ impl TicketGuard {
         }
     }
 
+    /// Feeds the worker's circuit breaker with the request's result (a 5xx answer or a
+    /// stream that ended without a response is a failure).
+    pub fn record_result(&self, success: bool) {
+        let Some(ticket) = self.ticket.as_ref() else {
+            return;
+        };
+        let now = self.shared.now_ms();
+        let mut router = self.shared.router();
+        let transition = router.record_result(ticket, success, now);
+        let address = router
+            .workers()
+            .get(ticket.worker())
+            .map(|w| w.spec.address.clone())
+            .unwrap_or_default();
+        drop(router);
+        match transition {
+            Some(Transition::Opened) => {
+                tracing::warn!(worker = %address, "circuit open: worker failing")
+            }
+            Some(Transition::Closed) => {
+                tracing::info!(worker = %address, "circuit closed: worker answers again")
+            }
+            None => {}
+        }
+    }
+
     /// Releases the ticket now.
     pub fn release(mut self) {
         self.complete();
@@ -94,5 +141,34 @@ impl TicketGuard {
 impl Drop for TicketGuard {
     fn drop(&mut self) {
         self.complete();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kvroute_core::RouterConfig;
+
+    #[tokio::test]
+    // Holding the router across the wait is the point: it is what a stuck decision looks like.
+    #[allow(clippy::await_holding_lock)]
+    async fn router_within_gives_up_while_the_router_is_busy() {
+        let shared = Shared::new(Router::new(RouterConfig::default(), 1), Gateway::default());
+        let held = shared.router();
+        let started = Instant::now();
+        assert!(
+            shared
+                .router_within(Duration::from_millis(30))
+                .await
+                .is_none()
+        );
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        drop(held);
+        assert!(
+            shared
+                .router_within(Duration::from_millis(30))
+                .await
+                .is_some()
+        );
     }
 }

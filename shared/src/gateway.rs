@@ -6,7 +6,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::OpenAiError;
+use crate::error::{OpenAiError, RouteError};
+use crate::limits::LimitsConfig;
 use crate::normalize::{NormalizeConfig, Normalizer};
 use crate::request::{ApiRoute, ParsedRequest, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
@@ -128,6 +129,7 @@ pub enum Outcome {
 pub struct Gateway {
     config: GatewayConfig,
     normalizer: Normalizer,
+    limits: LimitsConfig,
 }
 
 impl Default for Gateway {
@@ -140,7 +142,47 @@ impl Gateway {
     /// A gateway with these settings.
     pub fn new(config: GatewayConfig) -> Gateway {
         let normalizer = Normalizer::new(&config.normalize);
-        Gateway { config, normalizer }
+        Gateway {
+            config,
+            normalizer,
+            limits: LimitsConfig::default(),
+        }
+    }
+
+    /// The same gateway with these admission limits.
+    pub fn with_limits(mut self, limits: LimitsConfig) -> Gateway {
+        self.limits = limits;
+        self
+    }
+
+    /// The admission limits.
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.limits
+    }
+
+    /// The 503 answer of a decision that missed its deadline
+    /// ([`crate::DeadlinePolicy::Reject`]).
+    pub fn deadline_reply(&self) -> LocalReply {
+        let err = OpenAiError::new(
+            "the routing decision could not be made in time",
+            "service_unavailable",
+            "decision_timeout",
+            None,
+        );
+        LocalReply::error(503, &err, Some(1))
+    }
+
+    /// The 429 answer when the global in-flight limit is reached, if it is.
+    fn shed(&self, router: &Router) -> Option<Outcome> {
+        if !self.limits.sheds(router.outstanding()) {
+            return None;
+        }
+        let err = RouteError::Overloaded;
+        Some(Outcome::Reply(LocalReply::error(
+            429,
+            &err.to_openai(),
+            Some(self.limits.retry_after_secs),
+        )))
     }
 
     /// The settings.
@@ -197,11 +239,29 @@ impl Gateway {
             Ok(p) => p,
             Err(reply) => return Outcome::Reply(reply),
         };
+        self.route_parsed_observed(router, &parsed, body, session, subset, now_ms, observe)
+    }
+
+    /// [`Gateway::route_parsed`], calling `observe` as [`Gateway::route_inference_observed`].
+    #[allow(clippy::too_many_arguments)]
+    fn route_parsed_observed(
+        &self,
+        router: &mut Router,
+        parsed: &ParsedRequest<'_>,
+        body: &[u8],
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+        observe: impl FnOnce(&RouteRequest<'_>, &Routed),
+    ) -> Outcome {
+        if let Some(shed) = self.shed(router) {
+            return shed;
+        }
         let req = parsed.route_request(session);
         let mut result = router.route(&req, subset, now_ms);
         let mut rewritten = None;
         if let Ok(routed) = &mut result {
-            rewritten = self.normalize(router, route, body, routed);
+            rewritten = self.normalize(router, parsed.route, body, routed);
             observe(&req, routed);
         }
         let mut outcome = self.finish(result);
@@ -251,21 +311,29 @@ impl Gateway {
             let err = RequestError::InvalidJson("request body is empty".to_owned());
             return Err(LocalReply::from_request_error(&err));
         }
+        if crate::limits::json_too_deep(body, self.limits.max_json_depth) {
+            let err = RequestError::InvalidJson(format!(
+                "JSON nesting deeper than {} levels",
+                self.limits.max_json_depth
+            ));
+            return Err(LocalReply::from_request_error(&err));
+        }
         parse_request(route, body).map_err(|err| LocalReply::from_request_error(&err))
     }
 
-    /// Routes a request parsed by [`Gateway::parse_inference`]; with it, the same outcome as
-    /// [`Gateway::route_inference`].
+    /// Routes a request parsed by [`Gateway::parse_inference`] from `body`; with it, the same
+    /// outcome as [`Gateway::route_inference`] (the body is needed for per-engine
+    /// normalization).
     pub fn route_parsed(
         &self,
         router: &mut Router,
         parsed: &ParsedRequest<'_>,
+        body: &[u8],
         session: Option<&str>,
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
-        let req = parsed.route_request(session);
-        self.finish(router.route(&req, subset, now_ms))
+        self.route_parsed_observed(router, parsed, body, session, subset, now_ms, |_, _| {})
     }
 
     /// Routes a request that is not routed by content (no body parsing): the least-loaded
@@ -276,6 +344,9 @@ impl Gateway {
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
+        if let Some(shed) = self.shed(router) {
+            return shed;
+        }
         self.finish(router.route_any(subset, now_ms))
     }
 
@@ -306,7 +377,7 @@ impl Gateway {
         })
     }
 
-    fn finish(&self, result: Result<Routed, crate::error::RouteError>) -> Outcome {
+    fn finish(&self, result: Result<Routed, RouteError>) -> Outcome {
         match result {
             Ok(routed) => {
                 let destination = routed.endpoints.join(",");
@@ -318,7 +389,7 @@ impl Gateway {
             }
             Err(err) => {
                 let retry = match err.status() {
-                    429 => Some(1),
+                    429 => Some(self.limits.retry_after_secs),
                     503 => Some(5),
                     _ => None,
                 };
@@ -429,7 +500,7 @@ mod tests {
             let now = i as u64;
             let one = gw.route_inference(&mut a, ApiRoute::Completions, body, Some("s"), None, now);
             let parsed = gw.parse_inference(ApiRoute::Completions, body).unwrap();
-            let two = gw.route_parsed(&mut b, &parsed, Some("s"), None, now);
+            let two = gw.route_parsed(&mut b, &parsed, body, Some("s"), None, now);
             match (one, two) {
                 (Outcome::Forward(x), Outcome::Forward(y)) => {
                     assert_eq!(x.destination, y.destination);

@@ -13,10 +13,12 @@
 //! 3. When the response ends (or fails, or is reset) the shell hands the ticket back to
 //!    [`router::Router::complete`], which releases the in-flight count exactly once.
 
+pub mod circuit;
 pub mod discovery;
 pub mod engine_metrics;
 pub mod error;
 pub mod gateway;
+pub mod limits;
 pub mod normalize;
 pub mod policy;
 pub mod prefix_index;
@@ -25,8 +27,10 @@ pub mod router;
 pub mod shared_state;
 pub mod worker;
 
+pub use circuit::{CircuitConfig, CircuitState};
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
+pub use limits::{DeadlinePolicy, LimitsConfig};
 pub use normalize::{NormalizeConfig, Normalizer};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};

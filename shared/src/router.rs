@@ -9,6 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+use crate::circuit::{Circuit, CircuitConfig, CircuitState, Transition};
 use crate::error::RouteError;
 use crate::policy::{Policy, PolicyConfig, PolicyEnv};
 use crate::request::RouteRequest;
@@ -27,6 +28,8 @@ pub struct RouterConfig {
     /// A worker with this many requests in flight receives no more; when every candidate is
     /// full the request is shed with 429. `None`: no limit.
     pub max_in_flight_per_worker: Option<u32>,
+    /// Per-worker circuit breaker fed with request results.
+    pub circuit: CircuitConfig,
 }
 
 impl Default for RouterConfig {
@@ -36,6 +39,7 @@ impl Default for RouterConfig {
             model_policies: BTreeMap::new(),
             max_endpoints: 3,
             max_in_flight_per_worker: None,
+            circuit: CircuitConfig::default(),
         }
     }
 }
@@ -76,6 +80,7 @@ pub struct Router {
     model_policies: HashMap<String, Box<dyn Policy>>,
     rng: SmallRng,
     outstanding: u64,
+    circuits: HashMap<WorkerId, Circuit>,
 }
 
 impl Router {
@@ -94,6 +99,7 @@ impl Router {
             model_policies,
             rng: SmallRng::seed_from_u64(seed),
             outstanding: 0,
+            circuits: HashMap::new(),
         }
     }
 
@@ -121,6 +127,7 @@ impl Router {
     /// it complete harmlessly.
     pub fn remove_worker(&mut self, id: WorkerId) -> Option<Worker> {
         let removed = self.workers.remove(id)?;
+        self.circuits.remove(&id);
         self.default_policy.worker_removed(id);
         for p in self.model_policies.values_mut() {
             p.worker_removed(id);
@@ -128,11 +135,59 @@ impl Router {
         Some(removed)
     }
 
-    /// Records a health-check verdict.
+    /// Records a health-check verdict. A worker turning unhealthy is ejected: every policy
+    /// forgets what it learned about it ([`Policy::worker_unavailable`]), so the cache-aware
+    /// index does not keep pointing prefixes at a dead engine whose cache is gone.
     pub fn set_healthy(&mut self, id: WorkerId, healthy: bool) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.healthy = healthy;
+        let Some(w) = self.workers.get_mut(id) else {
+            return;
+        };
+        let ejected = w.healthy && !healthy;
+        w.healthy = healthy;
+        if ejected {
+            self.default_policy.worker_unavailable(id);
+            for p in self.model_policies.values_mut() {
+                p.worker_unavailable(id);
+            }
         }
+    }
+
+    /// The circuit-breaker state of a worker as of `now_ms`.
+    pub fn circuit_state(&self, id: WorkerId, now_ms: u64) -> CircuitState {
+        self.circuits
+            .get(&id)
+            .map_or(CircuitState::Closed, |c| c.state(now_ms))
+    }
+
+    /// Records the result of a forwarded request on the worker its ticket names (a 5xx
+    /// answer or a reset is a failure). Returns the circuit transition it caused.
+    pub fn record_result(
+        &mut self,
+        ticket: &Ticket,
+        success: bool,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        self.workers.get(ticket.worker)?;
+        self.circuits.entry(ticket.worker).or_default().record(
+            success,
+            now_ms,
+            &self.config.circuit,
+        )
+    }
+
+    fn circuit_allows(&self, id: WorkerId, now_ms: u64) -> bool {
+        self.circuits.get(&id).is_none_or(|c| c.allows(now_ms))
+    }
+
+    /// Counts a request in flight on `id`, marking a half-open circuit's trial.
+    fn admit(&mut self, id: WorkerId, now_ms: u64) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.in_flight += 1;
+        }
+        if let Some(c) = self.circuits.get_mut(&id) {
+            c.on_sent(now_ms);
+        }
+        self.outstanding += 1;
     }
 
     /// Starts or stops draining a worker: a draining worker gets no new requests.
@@ -184,6 +239,14 @@ impl Router {
             }
             candidates.push(w);
         }
+        // Workers whose circuit is open are left out, unless that leaves nobody: then every
+        // candidate is tried anyway (as Envoy's panic threshold does), rather than failing.
+        if candidates
+            .iter()
+            .any(|w| self.circuits.get(&w.id).is_none_or(|c| c.allows(now_ms)))
+        {
+            candidates.retain(|w| self.circuits.get(&w.id).is_none_or(|c| c.allows(now_ms)));
+        }
         if candidates.is_empty() {
             let model = req.model.to_owned();
             return Err(if !any_serving {
@@ -220,12 +283,7 @@ impl Router {
             .map(|w| w.spec.address.clone())
             .collect();
 
-        let worker = self
-            .workers
-            .get_mut(first)
-            .expect("first choice is a candidate");
-        worker.in_flight += 1;
-        self.outstanding += 1;
+        self.admit(first, now_ms);
         Ok(Routed {
             ticket: Ticket { worker: first },
             endpoints,
@@ -239,15 +297,18 @@ impl Router {
     pub fn route_any(
         &mut self,
         subset: Option<&[&str]>,
-        _now_ms: u64,
+        now_ms: u64,
     ) -> Result<Routed, RouteError> {
         let in_subset = |w: &&Worker| subset.is_none_or(|s| s.contains(&w.spec.address.as_str()));
-        let candidates: Vec<&Worker> = self
+        let mut candidates: Vec<&Worker> = self
             .workers
             .iter()
             .filter(|w| w.is_routable())
             .filter(in_subset)
             .collect();
+        if candidates.iter().any(|w| self.circuit_allows(w.id, now_ms)) {
+            candidates.retain(|w| self.circuit_allows(w.id, now_ms));
+        }
         if candidates.is_empty() {
             return Err(if self.workers.iter().any(Worker::is_routable) {
                 RouteError::EmptySubset
@@ -267,11 +328,7 @@ impl Router {
             .filter_map(|id| candidates.iter().find(|w| w.id == *id))
             .map(|w| w.spec.address.clone())
             .collect();
-        self.workers
-            .get_mut(first)
-            .expect("candidate exists")
-            .in_flight += 1;
-        self.outstanding += 1;
+        self.admit(first, now_ms);
         Ok(Routed {
             ticket: Ticket { worker: first },
             endpoints,

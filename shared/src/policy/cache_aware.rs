@@ -180,6 +180,10 @@ impl Policy for CacheAwarePolicy {
     fn worker_removed(&mut self, id: WorkerId) {
         self.index.remove_worker(id);
     }
+
+    fn worker_unavailable(&mut self, id: WorkerId) {
+        self.index.remove_worker(id);
+    }
 }
 
 #[cfg(test)]

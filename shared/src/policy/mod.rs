@@ -66,6 +66,10 @@ pub trait Policy: Send {
 
     /// A worker left the set: forget everything about it.
     fn worker_removed(&mut self, _id: WorkerId) {}
+
+    /// A worker was ejected (turned unhealthy): forget what says its cache holds anything.
+    /// It may come back later, with an empty cache. Default: nothing to forget.
+    fn worker_unavailable(&mut self, _id: WorkerId) {}
 }
 
 /// A policy and its parameters, as written in config (`name: cache_aware` plus fields).

@@ -266,3 +266,35 @@ fn set_full_duplex(listener: &mut Value) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Sets `failure_mode_allow` of every ext_proc filter in a rendered config: `false` is the
+/// fail-closed variant (a request fails with a 5xx when kvroute cannot be reached).
+pub fn set_failure_mode_allow(rendered: &str, allow: bool) -> anyhow::Result<String> {
+    let mut doc: Value = serde_yaml_ng::from_str(rendered).context("Envoy config is not YAML")?;
+    let resources = field(&mut doc, "static_resources")?;
+    let listener = named(field(resources, "listeners")?, "gateway")?;
+    let mut found = false;
+    for chain in field(listener, "filter_chains")?
+        .as_sequence_mut()
+        .ok_or_else(|| anyhow!("Envoy config: filter_chains is not a list"))?
+    {
+        let hcm = named(
+            field(chain, "filters")?,
+            "envoy.filters.network.http_connection_manager",
+        )?;
+        let filters = field(field(hcm, "typed_config")?, "http_filters")?;
+        let ext_proc = field(
+            named(filters, "envoy.filters.http.ext_proc")?,
+            "typed_config",
+        )?;
+        ext_proc
+            .as_mapping_mut()
+            .ok_or_else(|| anyhow!("Envoy config: ext_proc typed_config is not a mapping"))?
+            .insert("failure_mode_allow".into(), allow.into());
+        found = true;
+    }
+    if !found {
+        bail!("Envoy config: no ext_proc filter to set failure_mode_allow on");
+    }
+    serde_yaml_ng::to_string(&doc).context("cannot serialize the rendered Envoy config")
+}

@@ -8,7 +8,7 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::Value;
 
 use crate::client::http_client;
-use crate::config::{EnvoyLayout, render_envoy_config};
+use crate::config::{EnvoyLayout, render_envoy_config, set_failure_mode_allow};
 use crate::paths;
 use crate::process::Proc;
 
@@ -59,12 +59,16 @@ impl Envoy {
         bin: &Path,
         config: &str,
         layout: &EnvoyLayout,
+        fail_closed: bool,
         log_dir: &Path,
     ) -> anyhow::Result<Envoy> {
         let template_path = paths::envoy_config(config);
         let template = std::fs::read_to_string(&template_path)
             .with_context(|| format!("cannot read {}", template_path.display()))?;
-        let rendered = render_envoy_config(&template, layout)?;
+        let mut rendered = render_envoy_config(&template, layout)?;
+        if fail_closed {
+            rendered = set_failure_mode_allow(&rendered, false)?;
+        }
         let config_path = log_dir.join(format!("rendered-{name}-{config}"));
         std::fs::write(&config_path, rendered)?;
         let run = EnvoyRun {

@@ -29,7 +29,7 @@ pub mod sim;
 pub mod stack;
 
 pub use client::http_client;
-pub use config::{BodyMode, EnvoyConfig, EnvoyLayout, render_envoy_config};
+pub use config::{BodyMode, EnvoyConfig, EnvoyLayout, render_envoy_config, set_failure_mode_allow};
 pub use envoy::{Envoy, EnvoyRun};
 pub use sim::{DEFAULT_TIME_SCALE, EngineSpec, MODEL, Sim};
 pub use stack::{Replica, Stack, StackBuilder};

@@ -78,6 +78,11 @@ impl Proc {
         &self.name
     }
 
+    /// Operating-system process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Path of the captured output.
     pub fn log_path(&self) -> &Path {
         &self.log

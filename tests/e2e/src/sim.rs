@@ -26,6 +26,8 @@ pub struct Sim {
     pub addr: SocketAddr,
     pub(crate) alive: bool,
     pub(crate) proc: Proc,
+    /// Arguments it was started with, for restarts on the same port.
+    pub(crate) args: Vec<String>,
 }
 
 impl Sim {
@@ -45,6 +47,7 @@ impl Sim {
             addr,
             alive: true,
             proc,
+            args: Vec::new(),
         })
     }
 
@@ -131,23 +134,25 @@ pub(crate) fn spawn_sim(
     time_scale: f64,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
-    spawn_sim_with(bin, id, engine, model, time_scale, log_dir, &[])
+    spawn_sim_with(bin, id, engine, model, time_scale, 0, &[], log_dir).map(|(p, _)| p)
 }
 
-/// Starts one simulator on an ephemeral port with extra flags (replacing the defaults of the
-/// same flags).
+/// Starts one simulator on `port` (0: ephemeral) with `extra` flags (replacing the defaults
+/// of the same flags); returns the process and its full argument list (for restarts).
 pub(crate) fn spawn_sim_with(
     bin: &Path,
     id: &str,
     engine: &str,
     model: &str,
     time_scale: f64,
-    log_dir: &Path,
+    port: u16,
     extra: &[String],
-) -> anyhow::Result<Proc> {
+    log_dir: &Path,
+) -> anyhow::Result<(Proc, Vec<String>)> {
     let time_scale = time_scale.to_string();
+    let port = port.to_string();
     let base: [(&str, &str); 12] = [
-        ("--port", "0"),
+        ("--port", &port),
         ("--engine", engine),
         ("--model", model),
         ("--id", id),
@@ -166,5 +171,5 @@ pub(crate) fn spawn_sim_with(
         .flat_map(|(flag, value)| [flag.to_string(), value.to_string()])
         .chain(extra.iter().cloned())
         .collect();
-    Proc::spawn(id, bin, &args, log_dir)
+    Ok((Proc::spawn(id, bin, &args, log_dir)?, args))
 }

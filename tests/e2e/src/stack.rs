@@ -35,6 +35,9 @@ pub struct StackBuilder {
     sim_models: Vec<String>,
     engine_specs: Vec<EngineSpec>,
     kvroute_tls: bool,
+    fail_closed: bool,
+    sim_args: Vec<(usize, Vec<String>)>,
+    unready: Vec<usize>,
 }
 
 impl StackBuilder {
@@ -50,6 +53,26 @@ impl StackBuilder {
     /// connect to it with a client certificate.
     pub fn kvroute_tls(mut self) -> Self {
         self.kvroute_tls = true;
+        self
+    }
+
+    /// Engine `index` is not expected to pass kvroute's health checks (start-up does not
+    /// wait for it).
+    pub fn unready(mut self, index: usize) -> Self {
+        self.unready.push(index);
+        self
+    }
+
+    /// Renders the Envoy config with `failure_mode_allow: false` (fail-closed variant).
+    pub fn fail_closed(mut self) -> Self {
+        self.fail_closed = true;
+        self
+    }
+
+    /// Extra command-line arguments for engine `index` (e.g. `--health-delay-ms 1000`).
+    pub fn sim_args(mut self, index: usize, args: &[&str]) -> Self {
+        self.sim_args
+            .push((index, args.iter().map(|a| a.to_string()).collect()));
         self
     }
 
@@ -145,8 +168,10 @@ impl StackBuilder {
             body_mode: self.body_mode,
             kvroute_tls: None,
             client: http_client(false)?,
+            sim_bin: sim_bin.clone(),
         };
         let mut pending = Vec::new();
+        let mut sim_args = Vec::new();
         for i in 0..self.engines {
             // Default: the vLLM dialect, what kvroute assumes for a `--worker` flag.
             let spec = self
@@ -154,15 +179,29 @@ impl StackBuilder {
                 .get(i)
                 .cloned()
                 .unwrap_or_else(|| EngineSpec::engine("vllm"));
-            pending.push(spawn_sim_with(
+            let extra: Vec<String> = spec
+                .sim_args
+                .iter()
+                .cloned()
+                .chain(
+                    self.sim_args
+                        .iter()
+                        .filter(|(index, _)| *index == i)
+                        .flat_map(|(_, a)| a.iter().cloned()),
+                )
+                .collect();
+            let (proc, args) = spawn_sim_with(
                 &sim_bin,
                 &format!("sim-{i}"),
                 &spec.dialect,
                 self.sim_models.get(i).map_or(crate::MODEL, String::as_str),
                 self.time_scale,
+                0,
+                &extra,
                 &log_dir,
-                &spec.sim_args,
-            )?);
+            )?;
+            pending.push(proc);
+            sim_args.push(args);
         }
         if self.outsider {
             pending.push(spawn_sim(
@@ -174,11 +213,14 @@ impl StackBuilder {
                 &log_dir,
             )?);
         }
+        let mut sim_args = sim_args.into_iter();
         for proc in pending {
-            let sim = Sim::ready(proc, READY_TIMEOUT).await?;
+            let mut sim = Sim::ready(proc, READY_TIMEOUT).await?;
             if sim.id == "outsider" {
                 stack.outsider = Some(sim);
             } else {
+                sim.args = sim_args.next().unwrap_or_default();
+                sim.alive = !self.unready.contains(&stack.sims.len());
                 stack.sims.push(sim);
             }
         }
@@ -232,6 +274,7 @@ impl StackBuilder {
                 &envoy_bin,
                 &self.envoy_config,
                 &layout,
+                self.fail_closed,
                 &log_dir,
             )
             .await?,
@@ -305,6 +348,7 @@ pub struct Stack {
     /// Envoy's client side of kvroute's mutual TLS, when the stack uses it.
     kvroute_tls: Option<crate::certs::ClientTls>,
     client: reqwest::Client,
+    sim_bin: PathBuf,
 }
 
 /// A second kvroute with its own Envoy, same arguments and engines as the stack's (see
@@ -433,6 +477,9 @@ impl Stack {
             sim_models: Vec::new(),
             engine_specs: Vec::new(),
             kvroute_tls: false,
+            fail_closed: false,
+            sim_args: Vec::new(),
+            unready: Vec::new(),
         }
     }
 
@@ -518,6 +565,7 @@ impl Stack {
             &self.envoy_bin,
             &self.envoy_config,
             &layout,
+            false,
             &self.log_dir,
         )
         .await?;
@@ -561,6 +609,101 @@ impl Stack {
         }
     }
 
+    /// Starts killed engine `index` again on the same port with the same arguments (a
+    /// restarted pod: same address, empty cache).
+    pub async fn restart_sim(&mut self, index: usize) -> anyhow::Result<()> {
+        let sim = self
+            .sims
+            .get_mut(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        sim.proc.kill();
+        let mut args = sim.args.clone();
+        if let Some(pos) = args.iter().position(|a| a == "--port") {
+            args[pos + 1] = sim.addr.port().to_string();
+        }
+        let proc = Proc::spawn(&sim.id, &self.sim_bin, &args, &self.log_dir)?;
+        let mut fresh = Sim::ready(proc, READY_TIMEOUT).await?;
+        anyhow::ensure!(
+            fresh.addr == sim.addr,
+            "restarted {} on {} instead of {}",
+            sim.id,
+            fresh.addr,
+            sim.addr
+        );
+        fresh.args = args;
+        *sim = fresh;
+        Ok(())
+    }
+
+    /// From now on engine `index` is expected to pass health checks (see
+    /// [`StackBuilder::unready`]).
+    pub fn expect_ready(&mut self, index: usize) {
+        if let Some(sim) = self.sims.get_mut(index) {
+            sim.alive = true;
+        }
+    }
+
+    /// kvroute's process id (for memory sampling).
+    pub fn kvroute_pid(&self) -> Option<u32> {
+        self.kvroute.as_ref().map(|k| k.proc.pid())
+    }
+
+    /// Makes engine `index` fail inference requests with `status` (`count` of them, or all
+    /// until [`Stack::clear_sim_fault`]), through its test-only `POST /sim/fault`.
+    pub async fn sim_fault(
+        &self,
+        index: usize,
+        status: u16,
+        count: Option<u64>,
+    ) -> anyhow::Result<()> {
+        let sim = self
+            .sims
+            .get(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        let resp = self
+            .client
+            .post(format!("{}/sim/fault", sim.url()))
+            .json(&serde_json::json!({ "status": status, "count": count }))
+            .send()
+            .await?;
+        anyhow::ensure!(
+            resp.status().is_success(),
+            "POST /sim/fault: {}",
+            resp.status()
+        );
+        Ok(())
+    }
+
+    /// Stops injecting faults on engine `index`.
+    pub async fn clear_sim_fault(&self, index: usize) -> anyhow::Result<()> {
+        let sim = self
+            .sims
+            .get(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        self.client
+            .delete(format!("{}/sim/fault", sim.url()))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    /// Engine `index`'s `GET /sim/fault`: `requests` received and `failed` by a fault.
+    pub async fn sim_counters(&self, index: usize) -> anyhow::Result<Value> {
+        let sim = self
+            .sims
+            .get(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        Ok(self
+            .client
+            .get(format!("{}/sim/fault", sim.url()))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
+    }
+
     /// Kills kvroute (SIGKILL).
     pub fn kill_kvroute(&mut self) {
         if let Some(k) = self.kvroute.as_mut() {
@@ -594,6 +737,21 @@ impl Stack {
         self.kvroute_args.push("--config".into());
         self.kvroute_args.push(path.display().to_string());
         self.restart_kvroute().await
+    }
+
+    /// Starts kvroute again on the same addresses and returns as soon as it printed its
+    /// ready line (no waiting for health checks).
+    pub async fn restart_kvroute_no_wait(&mut self) -> anyhow::Result<()> {
+        let old = self
+            .kvroute
+            .take()
+            .ok_or_else(|| anyhow!("kvroute was never started"))?;
+        let addrs = (old.grpc, old.admin);
+        drop(old);
+        self.kvroute_starts += 1;
+        let name = format!("kvroute-{}", self.kvroute_starts);
+        self.kvroute = Some(self.spawn_kvroute(&name, Some(addrs)).await?);
+        Ok(())
     }
 
     /// Starts kvroute again on the same gRPC and admin addresses (killing it first).

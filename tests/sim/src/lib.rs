@@ -9,6 +9,7 @@ pub mod cache;
 pub mod config;
 pub mod engine;
 pub mod errors;
+pub mod fault;
 pub mod metrics;
 pub mod prompt;
 pub mod request;

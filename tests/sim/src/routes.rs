@@ -48,7 +48,7 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .id
         .as_deref()
         .and_then(|v| HeaderValue::from_str(v).ok());
-    let r = r.with_state(engine);
+    let r = crate::fault::install(r.with_state(engine), Arc::default());
     match id {
         Some(value) => r.layer(axum::middleware::map_response(move |mut res: Response| {
             let value = value.clone();

@@ -1,0 +1,160 @@
+//! Failure handling in the core: ejection purges the cache-aware index, the circuit breaker
+//! keeps failing workers out and lets them back, the global in-flight limit sheds with 429.
+
+use kvroute_core::{
+    ApiRoute, CircuitConfig, CircuitState, Gateway, GatewayConfig, LimitsConfig, Outcome,
+    PolicyConfig, Prompt, RouteRequest, Router, RouterConfig, WorkerId, WorkerSpec,
+};
+
+fn router(policy: &str, circuit: CircuitConfig) -> (Router, Vec<WorkerId>) {
+    let mut r = Router::new(
+        RouterConfig {
+            policy: PolicyConfig::from_name(policy).expect("known policy"),
+            circuit,
+            ..RouterConfig::default()
+        },
+        11,
+    );
+    let ids = (1..=3)
+        .map(|i| r.upsert_worker(WorkerSpec::new(format!("10.0.0.{i}:8000"))))
+        .collect();
+    (r, ids)
+}
+
+fn request<'a>(prompt: &'a Prompt<'a>) -> RouteRequest<'a> {
+    RouteRequest {
+        model: "m",
+        prompt,
+        lora: None,
+        cache_salt: None,
+        session_key: None,
+    }
+}
+
+#[test]
+fn unhealthy_transition_purges_the_cache_aware_index() {
+    let (mut r, _) = router("cache_aware", CircuitConfig::default());
+    let text: String = (0..40)
+        .map(|i| format!("shared system prompt {i}. "))
+        .collect();
+    let prompt = Prompt::Text(text.into());
+    let first = r.route(&request(&prompt), None, 0).unwrap();
+    let owner = first.ticket.worker();
+    r.complete(first.ticket);
+    let again = r.route(&request(&prompt), None, 1).unwrap();
+    assert_eq!(again.ticket.worker(), owner, "prefix affinity");
+    assert!(again.prefix_match.unwrap_or(0.0) > 0.9);
+    r.complete(again.ticket);
+
+    // Ejected, then back (an engine restarted with an empty cache).
+    r.set_healthy(owner, false);
+    r.set_healthy(owner, true);
+    let after = r.route(&request(&prompt), None, 2).unwrap();
+    assert_eq!(
+        after.prefix_match,
+        Some(0.0),
+        "the index still claimed the prompt was cached on {:?}",
+        after.ticket.worker()
+    );
+    r.complete(after.ticket);
+}
+
+#[test]
+fn circuit_opens_on_failures_then_half_open_trial_closes_it() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 2,
+        cooldown_ms: 1_000,
+    };
+    let (mut r, ids) = router("round_robin", circuit);
+    let bad = ids[0];
+    let prompt = Prompt::Text("x".into());
+    // Feed failures for `bad` until its circuit opens.
+    let mut failures = 0;
+    while r.circuit_state(bad, 0) == CircuitState::Closed {
+        let routed = r.route(&request(&prompt), None, 0).unwrap();
+        let ok = routed.ticket.worker() != bad;
+        if !ok {
+            failures += 1;
+        }
+        r.record_result(&routed.ticket, ok, 0);
+        r.complete(routed.ticket);
+        assert!(failures <= 2, "circuit never opened");
+    }
+    // Open: never chosen, not even as a fallback.
+    for t in 1..50 {
+        let routed = r.route(&request(&prompt), None, t).unwrap();
+        assert_ne!(routed.ticket.worker(), bad);
+        assert!(!routed.endpoints.contains(&"10.0.0.1:8000".to_string()));
+        r.complete(routed.ticket);
+    }
+    // Half-open after the cooldown: exactly one trial goes through.
+    let mut trial = None;
+    for _ in 0..6 {
+        let routed = r.route(&request(&prompt), None, 1_000).unwrap();
+        if routed.ticket.worker() == bad {
+            assert!(trial.is_none(), "a second trial while the first is out");
+            trial = Some(routed);
+        } else {
+            r.complete(routed.ticket);
+        }
+    }
+    let trial = trial.expect("the half-open circuit let a trial through");
+    r.record_result(&trial.ticket, true, 1_010);
+    r.complete(trial.ticket);
+    assert_eq!(r.circuit_state(bad, 1_010), CircuitState::Closed);
+}
+
+#[test]
+fn every_circuit_open_still_routes() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 1,
+        cooldown_ms: 10_000,
+    };
+    let (mut r, _) = router("least_request", circuit);
+    let prompt = Prompt::Text("x".into());
+    for _ in 0..20 {
+        let routed = r.route(&request(&prompt), None, 0).unwrap();
+        r.record_result(&routed.ticket, false, 0);
+        r.complete(routed.ticket);
+    }
+    let routed = r
+        .route(&request(&prompt), None, 1)
+        .expect("panic mode routes");
+    r.complete(routed.ticket);
+}
+
+#[test]
+fn global_in_flight_limit_sheds_with_429_and_retry_after() {
+    let gw = Gateway::new(GatewayConfig::default()).with_limits(LimitsConfig {
+        max_in_flight: Some(2),
+        retry_after_secs: 3,
+        ..LimitsConfig::default()
+    });
+    let (mut r, _) = router("least_request", CircuitConfig::default());
+    let body = br#"{"model":"m","prompt":"hi"}"#;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        match gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0) {
+            Outcome::Forward(f) => held.push(f.routed.ticket),
+            Outcome::Reply(reply) => panic!("under the limit: {reply:?}"),
+        }
+    }
+    match gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0) {
+        Outcome::Reply(reply) => {
+            assert_eq!(reply.status, 429);
+            assert_eq!(reply.retry_after_secs, Some(3));
+            let v: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+            assert_eq!(v["error"]["code"], "too_many_requests");
+        }
+        Outcome::Forward(_) => panic!("over the limit must be shed"),
+    }
+    assert!(matches!(gw.route_other(&mut r, None, 0), Outcome::Reply(_)));
+    for t in held {
+        r.complete(t);
+    }
+    assert_eq!(r.outstanding(), 0);
+    assert!(matches!(
+        gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0),
+        Outcome::Forward(_)
+    ));
+}
