@@ -134,25 +134,24 @@ pub(crate) fn spawn_sim(
     time_scale: f64,
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
-    spawn_sim_with(bin, id, engine, model, time_scale, 0, &[], log_dir).map(|(p, _)| p)
+    spawn_sim_with(bin, id, engine, model, time_scale, &[], log_dir).map(|(p, _)| p)
 }
 
-/// Starts one simulator on `port` (0: ephemeral) with `extra` flags (replacing the defaults
-/// of the same flags); returns the process and its full argument list (for restarts).
+/// Starts one simulator on an ephemeral port with `extra` flags (replacing the defaults of
+/// the same flags, `--port` included); returns the process and its full argument list (for
+/// restarts).
 pub(crate) fn spawn_sim_with(
     bin: &Path,
     id: &str,
     engine: &str,
     model: &str,
     time_scale: f64,
-    port: u16,
     extra: &[String],
     log_dir: &Path,
 ) -> anyhow::Result<(Proc, Vec<String>)> {
     let time_scale = time_scale.to_string();
-    let port = port.to_string();
     let base: [(&str, &str); 12] = [
-        ("--port", &port),
+        ("--port", "0"),
         ("--engine", engine),
         ("--model", model),
         ("--id", id),

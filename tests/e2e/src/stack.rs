@@ -196,7 +196,6 @@ impl StackBuilder {
                 &spec.dialect,
                 self.sim_models.get(i).map_or(crate::MODEL, String::as_str),
                 self.time_scale,
-                0,
                 &extra,
                 &log_dir,
             )?;
