@@ -165,6 +165,31 @@ impl Gateway {
         self.route_inference_observed(router, route, body, session, subset, now_ms, |_, _| {})
     }
 
+    /// [`Gateway::route_inference`] with the prompt's token ids, tokenized by the shell
+    /// (outside any lock) for policies that hash token blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_inference_tokens(
+        &self,
+        router: &mut Router,
+        route: ApiRoute,
+        body: &[u8],
+        tokens: Option<&[u32]>,
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Outcome {
+        self.route_parsed(
+            router,
+            route,
+            body,
+            tokens,
+            session,
+            subset,
+            now_ms,
+            |_, _| {},
+        )
+    }
+
     /// [`Gateway::route_inference`], calling `observe` with the request view and the decision
     /// when the request is forwarded (the wasm filter publishes decisions to its sibling VMs).
     #[allow(clippy::too_many_arguments)]
@@ -173,6 +198,21 @@ impl Gateway {
         router: &mut Router,
         route: ApiRoute,
         body: &[u8],
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+        observe: impl FnOnce(&RouteRequest<'_>, &Routed),
+    ) -> Outcome {
+        self.route_parsed(router, route, body, None, session, subset, now_ms, observe)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route_parsed(
+        &self,
+        router: &mut Router,
+        route: ApiRoute,
+        body: &[u8],
+        tokens: Option<&[u32]>,
         session: Option<&str>,
         subset: Option<&[&str]>,
         now_ms: u64,
@@ -189,7 +229,7 @@ impl Gateway {
             Ok(p) => p,
             Err(err) => return Outcome::Reply(LocalReply::from_request_error(&err)),
         };
-        let req = parsed.route_request(session);
+        let req = parsed.route_request(session).with_tokens(tokens);
         let result = router.route(&req, subset, now_ms);
         if let Ok(routed) = &result {
             observe(&req, routed);

@@ -15,15 +15,19 @@
 
 pub mod error;
 pub mod gateway;
+pub mod kv_events;
 pub mod policy;
 pub mod prefix_index;
 pub mod request;
 pub mod router;
 pub mod shared_state;
+#[cfg(feature = "tokenizer")]
+pub mod tokenize;
 pub mod worker;
 
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
+pub use kv_events::{KvEvent, KvEventBatch};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
 pub use router::{Routed, Router, RouterConfig, Ticket};

@@ -7,6 +7,7 @@ mod hash_ring;
 mod least_request;
 mod manual;
 mod power_of_two;
+mod precise_prefix;
 mod prefix_hash;
 mod random;
 mod round_robin;
@@ -14,6 +15,7 @@ mod round_robin;
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use crate::kv_events::KvEventBatch;
 use crate::request::RouteRequest;
 use crate::worker::{Worker, WorkerId};
 
@@ -23,6 +25,7 @@ pub use consistent_hash::{ConsistentHashConfig, ConsistentHashPolicy};
 pub use least_request::LeastRequestPolicy;
 pub use manual::{ManualAssignment, ManualConfig, ManualPolicy};
 pub use power_of_two::PowerOfTwoPolicy;
+pub use precise_prefix::{PrecisePrefixConfig, PrecisePrefixPolicy};
 pub use prefix_hash::{PrefixHashConfig, PrefixHashPolicy};
 pub use random::RandomPolicy;
 pub use round_robin::RoundRobinPolicy;
@@ -64,6 +67,10 @@ pub trait Policy: Send {
 
     /// A worker left the set: forget everything about it.
     fn worker_removed(&mut self, _id: WorkerId) {}
+
+    /// A batch of `worker`'s own KV-cache events. Policies that route on what engines really
+    /// hold index them; the others ignore them.
+    fn kv_events(&mut self, _worker: WorkerId, _batch: &KvEventBatch) {}
 }
 
 /// A policy and its parameters, as written in config (`name: cache_aware` plus fields).
@@ -88,6 +95,8 @@ pub enum PolicyConfig {
     Bucket(BucketConfig),
     /// Sticky routing on an explicit routing key.
     Manual(ManualConfig),
+    /// Longest prefix of blocks the engines report holding (KV-cache events).
+    PrecisePrefix(PrecisePrefixConfig),
 }
 
 impl Default for PolicyConfig {
@@ -108,6 +117,7 @@ impl PolicyConfig {
         "prefix_hash",
         "bucket",
         "manual",
+        "precise_prefix",
     ];
 
     /// The policy of that name with default parameters.
@@ -122,6 +132,7 @@ impl PolicyConfig {
             "prefix_hash" => PolicyConfig::PrefixHash(PrefixHashConfig::default()),
             "bucket" => PolicyConfig::Bucket(BucketConfig::default()),
             "manual" => PolicyConfig::Manual(ManualConfig::default()),
+            "precise_prefix" => PolicyConfig::PrecisePrefix(PrecisePrefixConfig::default()),
             _ => return None,
         })
     }
@@ -138,6 +149,7 @@ impl PolicyConfig {
             PolicyConfig::PrefixHash(_) => "prefix_hash",
             PolicyConfig::Bucket(_) => "bucket",
             PolicyConfig::Manual(_) => "manual",
+            PolicyConfig::PrecisePrefix(_) => "precise_prefix",
         }
     }
 
@@ -153,6 +165,7 @@ impl PolicyConfig {
             PolicyConfig::PrefixHash(c) => Box::new(PrefixHashPolicy::new(c.clone())),
             PolicyConfig::Bucket(c) => Box::new(BucketPolicy::new(c.clone())),
             PolicyConfig::Manual(c) => Box::new(ManualPolicy::new(c.clone())),
+            PolicyConfig::PrecisePrefix(c) => Box::new(PrecisePrefixPolicy::new(c.clone())),
         }
     }
 }
@@ -231,6 +244,7 @@ pub(crate) mod tests_support {
             lora: None,
             cache_salt: None,
             session_key: None,
+            tokens: None,
         }
     }
 }
