@@ -7,6 +7,8 @@ use std::path::Path;
 use kvroute_core::{EngineKind, GatewayConfig, RouterConfig, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::kv_events::KvEventsConfig;
+
 /// Why a configuration was rejected.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -153,6 +155,19 @@ pub struct Config {
     pub workers: Vec<WorkerConfig>,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Subscriptions to the workers' KV-cache events (for `precise_prefix`).
+    pub kv_events: KvEventsConfig,
+    /// Local tokenizer giving policies the prompt's token ids; never fetched.
+    pub tokenizer: Option<TokenizerConfig>,
+}
+
+/// `tokenizer` settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// A local HF `tokenizer.json`, or a directory holding it (and `tokenizer_config.json`,
+    /// whose chat template renders chat requests like the engine).
+    pub path: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -166,6 +181,8 @@ impl Default for Config {
             health: HealthConfig::default(),
             workers: Vec::new(),
             shutdown_grace_ms: 10_000,
+            kv_events: KvEventsConfig::default(),
+            tokenizer: None,
         }
     }
 }
@@ -202,6 +219,17 @@ impl Config {
         self.validate_gateway()?;
         self.validate_router()?;
         self.validate_health()?;
+        self.kv_events
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
+        if let Some(t) = &self.tokenizer
+            && !t.path.exists()
+        {
+            return Err(invalid(
+                "tokenizer.path",
+                format!("{} does not exist", t.path.display()),
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w

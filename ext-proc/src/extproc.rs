@@ -505,11 +505,17 @@ impl StreamHandler {
             return Ok(());
         };
         let body = std::mem::take(&mut self.body);
+        // Tokenized here, outside the router lock.
+        let tokens = self
+            .shared
+            .tokenizer()
+            .and_then(|t| t.tokenize_request(route, &body));
         let outcome = self.decide(|gw, router, now| {
-            gw.route_inference(
+            gw.route_inference_tokens(
                 router,
                 route,
                 &body,
+                tokens.as_deref(),
                 session.as_deref(),
                 as_refs(&subset).as_deref(),
                 now,

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod extproc;
 pub mod health;
+pub mod kv_events;
 pub mod metrics;
 pub mod proto;
 pub mod server;

@@ -1,8 +1,9 @@
 //! State shared by the gRPC service, the health checkers and the admin API.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Instant;
 
+use kvroute_core::tokenize::PromptTokenizer;
 use kvroute_core::{Gateway, Router, Ticket};
 
 use crate::metrics::Metrics;
@@ -15,6 +16,7 @@ pub struct Shared {
     /// Exported metrics.
     pub metrics: Metrics,
     started: Instant,
+    tokenizer: OnceLock<Arc<PromptTokenizer>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -33,6 +35,7 @@ impl Shared {
             gateway,
             metrics: Metrics::new(),
             started: Instant::now(),
+            tokenizer: OnceLock::new(),
         })
     }
 
@@ -41,6 +44,16 @@ impl Shared {
     /// poisoned lock is recovered.
     pub fn router(&self) -> MutexGuard<'_, Router> {
         self.router.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Installs the prompt tokenizer (once, at startup).
+    pub fn set_tokenizer(&self, tokenizer: Arc<PromptTokenizer>) {
+        let _ = self.tokenizer.set(tokenizer);
+    }
+
+    /// The prompt tokenizer, when one is configured.
+    pub fn tokenizer(&self) -> Option<&PromptTokenizer> {
+        self.tokenizer.get().map(Arc::as_ref)
     }
 
     /// Milliseconds on the service's monotonic clock.

@@ -24,7 +24,7 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{CacheAwareConfig, CacheAwarePolicy, Pick, Policy, PolicyEnv};
-use crate::kv_events::{BlockHasher, BlockIndex, HasherConfig, IndexConfig, KvEventBatch};
+use crate::kv_events::{BlockHasher, BlockIndex, HasherConfig, IndexConfig, KvEvent, KvEventBatch};
 use crate::request::RouteRequest;
 use crate::worker::{Worker, WorkerId};
 
@@ -123,6 +123,18 @@ impl Pending {
             for w in &alive {
                 let m = out.entry(*w).or_insert(0);
                 *m = (*m).max(i + 1);
+            }
+        }
+    }
+
+    /// The engine reported these blocks (stored or removed): its word replaces the guess.
+    fn forget(&mut self, worker: WorkerId, hashes: &[u64]) {
+        for h in hashes {
+            if let Some(v) = self.holders.get_mut(h) {
+                v.retain(|&(w, _)| w != worker);
+                if v.is_empty() {
+                    self.holders.remove(h);
+                }
             }
         }
     }
@@ -287,6 +299,15 @@ impl Policy for PrecisePrefixPolicy {
 
     fn kv_events(&mut self, worker: WorkerId, batch: &KvEventBatch) {
         self.index.apply(worker, batch);
+        for event in &batch.events {
+            match event {
+                KvEvent::BlockStored { block_hashes, .. }
+                | KvEvent::BlockRemoved { block_hashes, .. } => {
+                    self.pending.forget(worker, block_hashes);
+                }
+                KvEvent::AllBlocksCleared => self.pending.remove_worker(worker),
+            }
+        }
     }
 
     fn worker_removed(&mut self, id: WorkerId) {
@@ -301,7 +322,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-    use crate::kv_events::KvEvent;
     use crate::policy::tests_support::{env_rng, request, workers};
     use crate::request::Prompt;
 
@@ -423,6 +443,17 @@ mod tests {
         // Never confirmed by an event: forgotten after the TTL.
         let late = route(&mut p, &ws, &prompt, 10_000, &mut rng);
         assert_eq!(late.prefix_match, Some(0.0));
+        // The engine's own word replaces the guess at once: a cleared cache holds nothing.
+        let holder = late.ranked[0];
+        assert_eq!(
+            route(&mut p, &ws, &prompt, 10_010, &mut rng).prefix_match,
+            Some(1.0)
+        );
+        p.kv_events(holder, &KvEventBatch::cleared());
+        assert_eq!(
+            route(&mut p, &ws, &prompt, 10_020, &mut rng).prefix_match,
+            Some(0.0)
+        );
     }
 
     #[test]

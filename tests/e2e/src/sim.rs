@@ -17,6 +17,10 @@ pub struct Sim {
     pub id: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its KV-event PUB endpoint, when started with `--kv-events-endpoint`.
+    pub kv_events: Option<String>,
+    /// Its KV-event replay endpoint, when started with `--kv-events-replay-endpoint`.
+    pub kv_replay: Option<String>,
     pub(crate) alive: bool,
     pub(crate) proc: Proc,
 }
@@ -33,9 +37,16 @@ impl Sim {
             .next()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| anyhow!("cannot read the address in {line:?}"))?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
         Ok(Sim {
             id: proc.name().to_string(),
             addr,
+            kv_events: field("kv_events="),
+            kv_replay: field("kv_replay="),
             alive: true,
             proc,
         })
@@ -53,6 +64,7 @@ pub(crate) fn spawn_sim(
     id: &str,
     engine: &str,
     time_scale: f64,
+    extra: &[String],
     log_dir: &Path,
 ) -> anyhow::Result<Proc> {
     let args: Vec<String> = [
@@ -82,6 +94,7 @@ pub(crate) fn spawn_sim(
     .iter()
     .map(|s| s.to_string())
     .chain(["--time-scale".to_string(), time_scale.to_string()])
+    .chain(extra.iter().cloned())
     .collect();
     Proc::spawn(id, bin, &args, log_dir)
 }

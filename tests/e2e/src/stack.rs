@@ -29,9 +29,16 @@ pub struct StackBuilder {
     outsider: bool,
     envoy_config: String,
     kvroute_config: Option<String>,
+    sim_args: Vec<String>,
 }
 
 impl StackBuilder {
+    /// Extra command-line arguments of every pool engine.
+    pub fn sim_args(mut self, args: &[&str]) -> Self {
+        self.sim_args = args.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
     /// A kvroute YAML config file (passed with `--config`; flags still set addresses,
     /// policy, health interval and workers).
     pub fn kvroute_config(mut self, yaml: &str) -> Self {
@@ -108,6 +115,7 @@ impl StackBuilder {
                 &format!("sim-{i}"),
                 "vllm",
                 self.time_scale,
+                &self.sim_args,
                 &log_dir,
             )?);
         }
@@ -117,6 +125,7 @@ impl StackBuilder {
                 "outsider",
                 "vllm",
                 self.time_scale,
+                &[],
                 &log_dir,
             )?);
         }
@@ -209,6 +218,7 @@ impl Stack {
             outsider: false,
             envoy_config: "envoy.yaml".to_string(),
             kvroute_config: None,
+            sim_args: Vec::new(),
         }
     }
 

@@ -60,10 +60,7 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    println!(
-        "kvroute-sim listening on {addr} engine={}",
-        cli.sim.engine.name()
-    );
+    let mut kv_line = String::new();
     let sink: Box<dyn KvEventSink> = match &cli.sim.kv_events_endpoint {
         None => Box::new(NoopSink),
         Some(endpoint) => {
@@ -80,11 +77,10 @@ async fn main() -> std::process::ExitCode {
             };
             match kv_publisher::start(config).await {
                 Ok((sink, bound)) => {
-                    println!(
-                        "kvroute-sim kv events on {} replay {}",
-                        bound.endpoint,
-                        bound.replay_endpoint.as_deref().unwrap_or("-")
-                    );
+                    kv_line = format!(" kv_events={}", bound.endpoint);
+                    if let Some(r) = &bound.replay_endpoint {
+                        kv_line.push_str(&format!(" kv_replay={r}"));
+                    }
                     Box::new(sink)
                 }
                 Err(e) => {
@@ -94,6 +90,10 @@ async fn main() -> std::process::ExitCode {
             }
         }
     };
+    println!(
+        "kvroute-sim listening on {addr} engine={}{kv_line}",
+        cli.sim.engine.name()
+    );
     let engine = kvroute_sim::engine(cli.sim, sink);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
