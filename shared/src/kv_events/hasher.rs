@@ -8,7 +8,7 @@
 //! each digest (its last 8 bytes, big-endian). Engines must run with `PYTHONHASHSEED` set to
 //! the configured `hash_seed`, else their first-block parent is random.
 
-use ciborium::Value;
+use ciborium_ll::{Encoder, Header, simple};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -46,7 +46,13 @@ impl BlockHasher {
     pub fn new(config: &HasherConfig) -> BlockHasher {
         BlockHasher {
             block_size: config.block_size.max(1) as usize,
-            none_hash: sha256_cbor(&Value::Text(config.hash_seed.clone())),
+            none_hash: {
+                let mut buf = Vec::new();
+                let mut enc = Encoder::from(&mut buf);
+                // Writing into a Vec cannot fail.
+                let _ = enc.text(&config.hash_seed, None);
+                Sha256::digest(&buf).into()
+            },
         }
     }
 
@@ -62,17 +68,8 @@ impl BlockHasher {
 
     /// The digest of one full block after `parent`, with vLLM's `extra_keys` (empty: none).
     pub fn hash_block(parent: &Digest32, tokens: &[u32], extra_keys: &[&str]) -> Digest32 {
-        let tokens = Value::Array(tokens.iter().map(|&t| Value::from(t)).collect());
-        let extra = if extra_keys.is_empty() {
-            Value::Null
-        } else {
-            Value::Array(extra_keys.iter().map(|&k| Value::from(k)).collect())
-        };
-        sha256_cbor(&Value::Array(vec![
-            Value::Bytes(parent.to_vec()),
-            tokens,
-            extra,
-        ]))
+        let mut buf = Vec::with_capacity(48 + tokens.len() * 5);
+        hash_block_into(&mut buf, parent, tokens, extra_keys)
     }
 
     /// The 64-bit hashes of the first `max_blocks` full blocks of `tokens`, as the engine
@@ -85,6 +82,7 @@ impl BlockHasher {
         max_blocks: usize,
     ) -> Vec<u64> {
         let mut parent = self.none_hash;
+        let mut buf = Vec::with_capacity(48 + self.block_size * 5);
         tokens
             .chunks_exact(self.block_size)
             .take(max_blocks)
@@ -92,7 +90,7 @@ impl BlockHasher {
             .map(|(i, block)| {
                 let salt = if i == 0 { cache_salt } else { None };
                 let extra: Vec<&str> = lora.into_iter().chain(salt).collect();
-                parent = BlockHasher::hash_block(&parent, block, &extra);
+                parent = hash_block_into(&mut buf, &parent, block, &extra);
                 low_u64(&parent)
             })
             .collect()
@@ -106,13 +104,36 @@ pub fn low_u64(d: &Digest32) -> u64 {
     u64::from_be_bytes(tail)
 }
 
-/// SHA-256 of the canonical CBOR encoding of `v`.
-fn sha256_cbor(v: &Value) -> Digest32 {
-    let mut buf = Vec::with_capacity(128);
-    // Encoding into a Vec cannot fail; ciborium writes minimal-length heads and definite
-    // lengths, which is the canonical form for these values (no maps, no floats).
-    let _ = ciborium::into_writer(v, &mut buf);
-    Sha256::digest(&buf).into()
+/// Hashes one block, encoding `[parent, [tokens...], extra_keys | null]` into `buf` as
+/// canonical CBOR (definite lengths, shortest integer heads), as `cbor2.dumps(canonical=True)`
+/// writes that tuple.
+fn hash_block_into(
+    buf: &mut Vec<u8>,
+    parent: &Digest32,
+    tokens: &[u32],
+    extra_keys: &[&str],
+) -> Digest32 {
+    buf.clear();
+    let mut enc = Encoder::from(&mut *buf);
+    // Writing into a Vec cannot fail.
+    let _ = (|| -> Result<(), std::io::Error> {
+        enc.push(Header::Array(Some(3)))?;
+        enc.bytes(parent, None)?;
+        enc.push(Header::Array(Some(tokens.len())))?;
+        for &t in tokens {
+            enc.push(Header::Positive(u64::from(t)))?;
+        }
+        if extra_keys.is_empty() {
+            enc.push(Header::Simple(simple::NULL))?;
+        } else {
+            enc.push(Header::Array(Some(extra_keys.len())))?;
+            for k in extra_keys {
+                enc.text(k, None)?;
+            }
+        }
+        Ok(())
+    })();
+    Sha256::digest(&buf[..]).into()
 }
 
 #[cfg(test)]
