@@ -47,7 +47,7 @@ impl BlockHasher {
         BlockHasher {
             block_size: config.block_size.max(1) as usize,
             none_hash: {
-                let mut buf = Vec::new();
+                let mut buf: Vec<u8> = Vec::new();
                 let mut enc = Encoder::from(&mut buf);
                 // Writing into a Vec cannot fail.
                 let _ = enc.text(&config.hash_seed, None);

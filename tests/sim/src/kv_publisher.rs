@@ -62,11 +62,12 @@ fn to_wire(event: KvEvent) -> WireEvent {
         KvEvent::BlockStored {
             block_hashes,
             parent_block_hash,
+            token_ids,
             block_size,
         } => WireEvent::BlockStored {
             block_hashes,
             parent_block_hash,
-            token_ids: Vec::new(),
+            token_ids,
             block_size,
             lora_id: None,
             medium: Some("GPU".to_owned()),

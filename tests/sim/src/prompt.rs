@@ -21,6 +21,9 @@ pub struct Prompt {
     pub tokens: usize,
     /// Chained hashes of the prompt's full blocks, in order.
     pub block_hashes: Vec<u64>,
+    /// The token ids, when the prompt was given or tokenized as ids (empty for the
+    /// approximate text tokenizer).
+    pub token_ids: Vec<u32>,
 }
 
 impl Prompt {
@@ -62,6 +65,7 @@ pub fn from_text(model: &str, text: &str, block_size: u32, chars_per_token: u32)
     Prompt {
         tokens,
         block_hashes,
+        token_ids: Vec::new(),
     }
 }
 
@@ -75,6 +79,7 @@ pub fn from_token_ids(ids: &[u32], block_size: u32, hash_seed: &str, lora: Optio
     Prompt {
         tokens: ids.len(),
         block_hashes: hasher.block_hashes(ids, lora, None, usize::MAX),
+        token_ids: ids.to_vec(),
     }
 }
 
@@ -103,6 +108,7 @@ pub fn from_ids(
     Prompt {
         tokens: ids.len(),
         block_hashes,
+        token_ids: Vec::new(),
     }
 }
 
