@@ -26,6 +26,7 @@ test: setup fmt-check clippy wasm-check unit
 setup:
 	scripts/setup-envoy.sh >/dev/null
 	scripts/setup-wasm.sh
+	scripts/fetch-tokenizers.sh >/dev/null
 
 fmt-check:
 	$(CARGO) fmt --all -- --check

@@ -7,6 +7,7 @@ use std::path::Path;
 use kvroute_core::{EngineKind, GatewayConfig, LimitsConfig, RouterConfig, WorkerSpec};
 use serde::{Deserialize, Serialize};
 
+use crate::kv_events::KvEventsConfig;
 use crate::secret::Secret;
 use crate::tls::TlsConfig;
 
@@ -164,6 +165,19 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// How long in-flight streams may take to finish after SIGTERM, in milliseconds.
     pub shutdown_grace_ms: u64,
+    /// Subscriptions to the workers' KV-cache events (for `precise_prefix`).
+    pub kv_events: KvEventsConfig,
+    /// Local tokenizer giving policies the prompt's token ids; never fetched.
+    pub tokenizer: Option<TokenizerConfig>,
+}
+
+/// `tokenizer` settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenizerConfig {
+    /// A local HF `tokenizer.json`, or a directory holding it (and `tokenizer_config.json`,
+    /// whose chat template renders chat requests like the engine).
+    pub path: std::path::PathBuf,
 }
 
 impl Default for Config {
@@ -181,6 +195,8 @@ impl Default for Config {
             discovery: None,
             limits: LimitsConfig::default(),
             shutdown_grace_ms: 10_000,
+            kv_events: KvEventsConfig::default(),
+            tokenizer: None,
         }
     }
 }
@@ -242,6 +258,17 @@ impl Config {
             .validate()
             .map_err(|(field, message)| invalid(field, message))?;
         self.validate_limits()?;
+        self.kv_events
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
+        if let Some(t) = &self.tokenizer
+            && !t.path.exists()
+        {
+            return Err(invalid(
+                "tokenizer.path",
+                format!("{} does not exist", t.path.display()),
+            ));
+        }
         let mut seen = HashSet::new();
         for (i, w) in self.workers.iter().enumerate() {
             let addr = w

@@ -569,15 +569,20 @@ impl StreamHandler {
             return Ok(());
         };
         let body = std::mem::take(&mut self.body);
-        // Parsing is linear in the body: done before taking the router lock.
+        // Parsing and tokenizing are linear in the body: done before taking the router lock.
         let started = Instant::now();
+        let tokens = self
+            .shared
+            .tokenizer()
+            .and_then(|t| t.tokenize_request(route, &body));
         let outcome = match self.shared.gateway.parse_inference(route, &body) {
             Ok(parsed) => {
                 self.decide_since(started, |gw, router, now| {
-                    gw.route_parsed(
+                    gw.route_parsed_tokens(
                         router,
                         &parsed,
                         &body,
+                        tokens.as_deref(),
                         session.as_deref(),
                         as_refs(&subset).as_deref(),
                         now,

@@ -10,6 +10,7 @@ pub mod config;
 pub mod discovery;
 pub mod extproc;
 pub mod health;
+pub mod kv_events;
 pub mod metrics;
 pub mod proto;
 pub mod scrape;

@@ -41,6 +41,17 @@ pub struct Metrics {
     worker_kv_usage: Family<WorkerLabels, Gauge<f64, AtomicU64>>,
     /// Metrics about engine metrics scraping.
     pub scrape: crate::scrape::ScrapeMetrics,
+    kv_event_batches: Family<KvEventLabels, Counter>,
+}
+
+/// Labels of `kvroute_kv_event_batches_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KvEventLabels {
+    /// The worker's `ip:port`.
+    pub worker: String,
+    /// `applied`, `undecodable`, or the resync that happened (`gap_cleared`, `replayed`,
+    /// `restarted`).
+    pub outcome: &'static str,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -66,6 +77,12 @@ impl Metrics {
         let worker_in_flight = Family::<WorkerLabels, Gauge>::default();
         let worker_healthy = Family::<WorkerLabels, Gauge>::default();
         let requests_in_flight = Gauge::default();
+        let kv_event_batches = Family::<KvEventLabels, Counter>::default();
+        registry.register(
+            "kvroute_kv_event_batches",
+            "KV-event batches received from workers, by outcome",
+            kv_event_batches.clone(),
+        );
         registry.register(
             "kvroute_decisions",
             "Routing decisions by policy and outcome",
@@ -128,7 +145,18 @@ impl Metrics {
             worker_in_flight,
             worker_healthy,
             requests_in_flight,
+            kv_event_batches,
         }
+    }
+
+    /// Counts one KV-event batch (or resync) of `worker`.
+    pub fn record_kv_events(&self, worker: &str, outcome: &'static str) {
+        self.kv_event_batches
+            .get_or_create(&KvEventLabels {
+                worker: worker.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Records one decision: its policy, outcome (`forwarded` or an HTTP status), duration

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::serve::ListenerExt;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessorServer;
+use kvroute_core::tokenize::PromptTokenizer;
 use kvroute_core::{Gateway, Router};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -19,6 +20,7 @@ use crate::config::Config;
 use crate::discovery::Discovery;
 use crate::extproc::ExtProcService;
 use crate::health::{LIVENESS_SERVICE, READINESS_SERVICE, Workers};
+use crate::kv_events::Subscribers;
 use crate::state::Shared;
 
 /// gRPC health service name of the ext_proc service.
@@ -38,6 +40,7 @@ pub struct Running {
     discovery: Option<Discovery>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    kv_events: Option<Subscribers>,
     admin: JoinHandle<std::io::Result<()>>,
     scraper: Option<JoinHandle<()>>,
     grace: Duration,
@@ -68,6 +71,12 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         Router::new(config.router.clone(), seed),
         Gateway::new(config.gateway.clone()).with_limits(config.limits.clone()),
     );
+
+    if let Some(t) = &config.tokenizer {
+        let tokenizer = PromptTokenizer::load(&t.path)
+            .with_context(|| format!("loading the tokenizer {}", t.path.display()))?;
+        shared.set_tokenizer(Arc::new(tokenizer));
+    }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
     reporter
@@ -103,6 +112,10 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     let scraper = crate::scrape::spawn(shared.clone(), config.scrape.clone())?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let kv_events = config
+        .kv_events
+        .enabled
+        .then(|| Subscribers::start(shared.clone(), config.kv_events.clone()));
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()));
@@ -147,6 +160,7 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         discovery,
         shutdown,
         grpc,
+        kv_events,
         admin,
         scraper,
         grace: Duration::from_millis(config.shutdown_grace_ms),
@@ -166,12 +180,15 @@ impl Running {
 
     /// Stops accepting, lets in-flight streams finish within the grace period, then stops.
     /// Returns whether everything finished within the grace period.
-    pub async fn shutdown(self) -> bool {
+    pub async fn shutdown(mut self) -> bool {
         let _ = self.shutdown.send(true);
         if let Some(d) = &self.discovery {
             d.stop();
         }
         self.workers.stop();
+        if let Some(s) = self.kv_events.take() {
+            s.stop();
+        }
         let Running {
             mut grpc,
             mut admin,

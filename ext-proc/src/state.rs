@@ -1,9 +1,10 @@
 //! State shared by the gRPC service, the health checkers and the admin API.
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
 use kvroute_core::circuit::Transition;
+use kvroute_core::tokenize::PromptTokenizer;
 use kvroute_core::{Gateway, Router, Ticket};
 
 use crate::metrics::Metrics;
@@ -16,6 +17,7 @@ pub struct Shared {
     /// Exported metrics.
     pub metrics: Metrics,
     started: Instant,
+    tokenizer: OnceLock<Arc<PromptTokenizer>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -34,6 +36,7 @@ impl Shared {
             gateway,
             metrics: Metrics::new(),
             started: Instant::now(),
+            tokenizer: OnceLock::new(),
         })
     }
 
@@ -62,6 +65,16 @@ impl Shared {
             tokio::time::sleep(pause.min(deadline - now)).await;
             pause = (pause * 2).min(Duration::from_millis(2));
         }
+    }
+
+    /// Installs the prompt tokenizer (once, at startup).
+    pub fn set_tokenizer(&self, tokenizer: Arc<PromptTokenizer>) {
+        let _ = self.tokenizer.set(tokenizer);
+    }
+
+    /// The prompt tokenizer, when one is configured.
+    pub fn tokenizer(&self) -> Option<&PromptTokenizer> {
+        self.tokenizer.get().map(Arc::as_ref)
     }
 
     /// Milliseconds on the service's monotonic clock.

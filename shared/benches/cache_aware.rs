@@ -75,6 +75,7 @@ fn decide(policy: &mut CacheAwarePolicy, ws: &[&Worker], prompt: &Prompt<'_>, rn
         lora: None,
         cache_salt: None,
         session_key: None,
+        tokens: None,
     };
     let mut env = PolicyEnv { now_ms: 0, rng };
     black_box(policy.pick(&req, ws, &mut env));

@@ -45,6 +45,7 @@ fn bench_policies(c: &mut Criterion) {
                     lora: None,
                     cache_salt: None,
                     session_key: Some(&sessions[i % sessions.len()]),
+                    tokens: None,
                 };
                 if let Ok(routed) = router.route(&req, None, i as u64) {
                     router.complete(black_box(routed).ticket);

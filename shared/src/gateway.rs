@@ -239,7 +239,9 @@ impl Gateway {
             Ok(p) => p,
             Err(reply) => return Outcome::Reply(reply),
         };
-        self.route_parsed_observed(router, &parsed, body, session, subset, now_ms, observe)
+        self.route_parsed_observed(
+            router, &parsed, body, None, session, subset, now_ms, observe,
+        )
     }
 
     /// [`Gateway::route_parsed`], calling `observe` as [`Gateway::route_inference_observed`].
@@ -249,6 +251,7 @@ impl Gateway {
         router: &mut Router,
         parsed: &ParsedRequest<'_>,
         body: &[u8],
+        tokens: Option<&[u32]>,
         session: Option<&str>,
         subset: Option<&[&str]>,
         now_ms: u64,
@@ -257,7 +260,7 @@ impl Gateway {
         if let Some(shed) = self.shed(router) {
             return shed;
         }
-        let req = parsed.route_request(session);
+        let req = parsed.route_request(session).with_tokens(tokens);
         let mut result = router.route(&req, subset, now_ms);
         let mut rewritten = None;
         if let Ok(routed) = &mut result {
@@ -333,7 +336,41 @@ impl Gateway {
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
-        self.route_parsed_observed(router, parsed, body, session, subset, now_ms, |_, _| {})
+        self.route_parsed_observed(
+            router,
+            parsed,
+            body,
+            None,
+            session,
+            subset,
+            now_ms,
+            |_, _| {},
+        )
+    }
+
+    /// [`Gateway::route_parsed`] with the prompt's token ids, tokenized by the shell (outside
+    /// any lock) for policies that hash token blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn route_parsed_tokens(
+        &self,
+        router: &mut Router,
+        parsed: &ParsedRequest<'_>,
+        body: &[u8],
+        tokens: Option<&[u32]>,
+        session: Option<&str>,
+        subset: Option<&[&str]>,
+        now_ms: u64,
+    ) -> Outcome {
+        self.route_parsed_observed(
+            router,
+            parsed,
+            body,
+            tokens,
+            session,
+            subset,
+            now_ms,
+            |_, _| {},
+        )
     }
 
     /// Routes a request that is not routed by content (no body parsing): the least-loaded

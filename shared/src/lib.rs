@@ -18,6 +18,7 @@ pub mod discovery;
 pub mod engine_metrics;
 pub mod error;
 pub mod gateway;
+pub mod kv_events;
 pub mod limits;
 pub mod normalize;
 pub mod policy;
@@ -25,11 +26,14 @@ pub mod prefix_index;
 pub mod request;
 pub mod router;
 pub mod shared_state;
+#[cfg(feature = "tokenizer")]
+pub mod tokenize;
 pub mod worker;
 
 pub use circuit::{CircuitConfig, CircuitState};
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
+pub use kv_events::{KvEvent, KvEventBatch};
 pub use limits::{DeadlinePolicy, LimitsConfig};
 pub use normalize::{NormalizeConfig, Normalizer};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};

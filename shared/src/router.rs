@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::circuit::{Circuit, CircuitConfig, CircuitState, Transition};
 use crate::error::RouteError;
+use crate::kv_events::KvEventBatch;
 use crate::policy::{Policy, PolicyConfig, PolicyEnv};
 use crate::request::RouteRequest;
 use crate::worker::{LoadReport, Worker, WorkerId, WorkerSet, WorkerSpec};
@@ -133,6 +134,18 @@ impl Router {
             p.worker_removed(id);
         }
         Some(removed)
+    }
+
+    /// Feeds a batch of `worker`'s KV-cache events to every policy (unknown workers are
+    /// ignored: their events may arrive before they join or after they leave).
+    pub fn apply_kv_events(&mut self, worker: WorkerId, batch: &KvEventBatch) {
+        if self.workers.get(worker).is_none() {
+            return;
+        }
+        self.default_policy.kv_events(worker, batch);
+        for p in self.model_policies.values_mut() {
+            p.kv_events(worker, batch);
+        }
     }
 
     /// Records a health-check verdict. A worker turning unhealthy is ejected: every policy

@@ -140,6 +140,7 @@ impl<'a> DecisionEvent<'a> {
             lora: self.lora.as_deref(),
             cache_salt: self.cache_salt.as_deref(),
             session_key: None,
+            tokens: None,
         }
     }
 }
@@ -313,6 +314,7 @@ mod tests {
             lora: Some("sql"),
             cache_salt: None,
             session_key: Some("s"),
+            tokens: None,
         }
     }
 

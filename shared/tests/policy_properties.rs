@@ -127,6 +127,7 @@ fn check_policy(
                     lora: None,
                     cache_salt: None,
                     session_key: key_text.as_deref(),
+                    tokens: None,
                 };
                 let subset_addrs: Option<Vec<String>> = subset.map(|mask| {
                     (0..setups.len())
@@ -230,7 +231,7 @@ proptest! {
         let mut router = router_for(policy, 1);
         let ids: Vec<WorkerId> = (0..workers).map(|i| router.upsert_worker(WorkerSpec::new(address(i)))).collect();
         let prompt = Prompt::Text("the same hot prompt".into());
-        let req = RouteRequest { model: "m", prompt: &prompt, lora: None, cache_salt: None, session_key: Some("hot") };
+        let req = RouteRequest { model: "m", prompt: &prompt, lora: None, cache_salt: None, session_key: Some("hot"), tokens: None };
         let mut tickets = Vec::new();
         // Some in-flight load elsewhere first, on other keys.
         for (i, &n) in preload.iter().take(workers).enumerate() {
@@ -267,6 +268,7 @@ fn assignment(router: &mut Router, keys: &[String]) -> HashMap<String, String> {
                 lora: None,
                 cache_salt: None,
                 session_key: Some(k),
+                tokens: None,
             };
             let r = router.route(&req, None, 0).unwrap();
             let addr = r.endpoints[0].clone();
@@ -321,6 +323,7 @@ fn every_name_in_the_list_builds_and_routes() {
             lora: Some("adapter"),
             cache_salt: Some("salt"),
             session_key: Some("s"),
+            tokens: None,
         };
         let r = router.route(&req, None, 0).unwrap();
         assert_eq!(r.policy, *name);

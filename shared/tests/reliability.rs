@@ -28,6 +28,7 @@ fn request<'a>(prompt: &'a Prompt<'a>) -> RouteRequest<'a> {
         lora: None,
         cache_salt: None,
         session_key: None,
+        tokens: None,
     }
 }
 

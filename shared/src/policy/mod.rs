@@ -7,6 +7,7 @@ mod hash_ring;
 mod least_request;
 mod manual;
 mod power_of_two;
+mod precise_prefix;
 mod prefix_hash;
 mod random;
 mod round_robin;
@@ -15,6 +16,7 @@ pub mod scorer;
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
 
+use crate::kv_events::KvEventBatch;
 use crate::request::RouteRequest;
 use crate::worker::{Worker, WorkerId};
 
@@ -24,6 +26,7 @@ pub use consistent_hash::{ConsistentHashConfig, ConsistentHashPolicy};
 pub use least_request::LeastRequestPolicy;
 pub use manual::{ManualAssignment, ManualConfig, ManualPolicy};
 pub use power_of_two::PowerOfTwoPolicy;
+pub use precise_prefix::{PrecisePrefixConfig, PrecisePrefixPolicy};
 pub use prefix_hash::{PrefixHashConfig, PrefixHashPolicy};
 pub use random::RandomPolicy;
 pub use round_robin::RoundRobinPolicy;
@@ -70,6 +73,9 @@ pub trait Policy: Send {
     /// A worker was ejected (turned unhealthy): forget what says its cache holds anything.
     /// It may come back later, with an empty cache. Default: nothing to forget.
     fn worker_unavailable(&mut self, _id: WorkerId) {}
+    /// A batch of `worker`'s own KV-cache events. Policies that route on what engines really
+    /// hold index them; the others ignore them.
+    fn kv_events(&mut self, _worker: WorkerId, _batch: &KvEventBatch) {}
 }
 
 /// A policy and its parameters, as written in config (`name: cache_aware` plus fields).
@@ -96,6 +102,8 @@ pub enum PolicyConfig {
     Manual(ManualConfig),
     /// Filters, weighted scorers over live engine load and prefix match, and a picker.
     Scorer(ScorerConfig),
+    /// Longest prefix of blocks the engines report holding (KV-cache events).
+    PrecisePrefix(PrecisePrefixConfig),
 }
 
 impl Default for PolicyConfig {
@@ -117,6 +125,7 @@ impl PolicyConfig {
         "bucket",
         "manual",
         "scorer",
+        "precise_prefix",
     ];
 
     /// The policy of that name with default parameters.
@@ -132,6 +141,7 @@ impl PolicyConfig {
             "bucket" => PolicyConfig::Bucket(BucketConfig::default()),
             "manual" => PolicyConfig::Manual(ManualConfig::default()),
             "scorer" => PolicyConfig::Scorer(ScorerConfig::default()),
+            "precise_prefix" => PolicyConfig::PrecisePrefix(PrecisePrefixConfig::default()),
             _ => return None,
         })
     }
@@ -149,6 +159,7 @@ impl PolicyConfig {
             PolicyConfig::Bucket(_) => "bucket",
             PolicyConfig::Manual(_) => "manual",
             PolicyConfig::Scorer(_) => "scorer",
+            PolicyConfig::PrecisePrefix(_) => "precise_prefix",
         }
     }
 
@@ -165,6 +176,7 @@ impl PolicyConfig {
             PolicyConfig::Bucket(c) => Box::new(BucketPolicy::new(c.clone())),
             PolicyConfig::Manual(c) => Box::new(ManualPolicy::new(c.clone())),
             PolicyConfig::Scorer(c) => Box::new(ScorerPolicy::new(c.clone())),
+            PolicyConfig::PrecisePrefix(c) => Box::new(PrecisePrefixPolicy::new(c.clone())),
         }
     }
 }
@@ -243,6 +255,7 @@ pub(crate) mod tests_support {
             lora: None,
             cache_salt: None,
             session_key: None,
+            tokens: None,
         }
     }
 }

@@ -111,6 +111,7 @@ impl<'a> ParsedRequest<'a> {
             lora: self.lora.as_deref(),
             cache_salt: self.cache_salt.as_deref(),
             session_key: session_header.or(self.user.as_deref()),
+            tokens: None,
         }
     }
 }
@@ -128,4 +129,23 @@ pub struct RouteRequest<'a> {
     pub cache_salt: Option<&'a str>,
     /// Session key (configured header, else `user`), for affinity policies.
     pub session_key: Option<&'a str>,
+    /// The prompt as the engine's tokenizer sees it, when the shell tokenized it (chat
+    /// template applied). `None`: not tokenized.
+    pub tokens: Option<&'a [u32]>,
+}
+
+impl<'a> RouteRequest<'a> {
+    /// The same request with the shell's tokenization of the prompt attached.
+    pub fn with_tokens(self, tokens: Option<&'a [u32]>) -> RouteRequest<'a> {
+        RouteRequest { tokens, ..self }
+    }
+
+    /// The prompt's token ids: the shell's tokenization, else ids the client sent.
+    pub fn token_ids(&self) -> Option<&'a [u32]> {
+        match (self.tokens, self.prompt) {
+            (Some(t), _) => Some(t),
+            (None, Prompt::Tokens(t)) => Some(t.as_slice()),
+            (None, Prompt::Text(_)) => None,
+        }
+    }
 }

@@ -13,6 +13,27 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The Qwen3 tokenizer directory installed by `scripts/fetch-tokenizers.sh`
+/// (`KVROUTE_TOKENIZER_DIR` overrides), installing it first when missing.
+pub fn tokenizer_dir() -> anyhow::Result<PathBuf> {
+    let script = workspace_root().join("scripts/fetch-tokenizers.sh");
+    let out = std::process::Command::new(&script)
+        .output()
+        .with_context(|| format!("running {}", script.display()))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if !dir.join("tokenizer.json").is_file() {
+        bail!("no tokenizer.json in {}", dir.display());
+    }
+    Ok(dir)
+}
+
 /// The cargo target directory: `CARGO_TARGET_DIR` or `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
     match std::env::var_os("CARGO_TARGET_DIR") {

@@ -24,6 +24,10 @@ pub struct Sim {
     pub id: String,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Its KV-event PUB endpoint, when started with `--kv-events-endpoint`.
+    pub kv_events: Option<String>,
+    /// Its KV-event replay endpoint, when started with `--kv-events-replay-endpoint`.
+    pub kv_replay: Option<String>,
     pub(crate) alive: bool,
     pub(crate) proc: Proc,
     /// Arguments it was started with, for restarts on the same port.
@@ -42,9 +46,16 @@ impl Sim {
             .next()
             .and_then(|a| a.parse().ok())
             .ok_or_else(|| anyhow!("cannot read the address in {line:?}"))?;
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .map(str::to_string)
+        };
         Ok(Sim {
             id: proc.name().to_string(),
             addr,
+            kv_events: field("kv_events="),
+            kv_replay: field("kv_replay="),
             alive: true,
             proc,
             args: Vec::new(),

@@ -38,6 +38,7 @@ pub struct StackBuilder {
     fail_closed: bool,
     sim_args: Vec<(usize, Vec<String>)>,
     unready: Vec<usize>,
+    all_sim_args: Vec<String>,
 }
 
 impl StackBuilder {
@@ -73,6 +74,12 @@ impl StackBuilder {
     pub fn sim_args(mut self, index: usize, args: &[&str]) -> Self {
         self.sim_args
             .push((index, args.iter().map(|a| a.to_string()).collect()));
+        self
+    }
+
+    /// Extra command-line arguments of every pool engine.
+    pub fn all_sim_args(mut self, args: &[&str]) -> Self {
+        self.all_sim_args = args.iter().map(|a| a.to_string()).collect();
         self
     }
 
@@ -182,6 +189,7 @@ impl StackBuilder {
             let extra: Vec<String> = spec
                 .sim_args
                 .iter()
+                .chain(&self.all_sim_args)
                 .cloned()
                 .chain(
                     self.sim_args
@@ -479,6 +487,7 @@ impl Stack {
             fail_closed: false,
             sim_args: Vec::new(),
             unready: Vec::new(),
+            all_sim_args: Vec::new(),
         }
     }
 

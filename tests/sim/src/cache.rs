@@ -12,6 +12,9 @@ pub enum KvEvent {
         block_hashes: Vec<u64>,
         /// Hash of the block before the first stored one, if any.
         parent_block_hash: Option<u64>,
+        /// Token ids of the stored blocks, concatenated (empty when the prompt was not
+        /// tokenized for real).
+        token_ids: Vec<u32>,
         /// Tokens per block.
         block_size: u32,
     },
@@ -142,6 +145,14 @@ impl KvCache {
     /// least-recently-used unpinned blocks when full. Stops at the first block that
     /// finds no room. Returns the pinned hashes, to be passed to [`KvCache::unpin`].
     pub fn store_pinned(&mut self, hashes: &[u64]) -> Vec<u64> {
+        self.store_pinned_tokens(hashes, &[])
+    }
+
+    /// [`KvCache::store_pinned`] with the prompt's token ids, reported in `BlockStored`
+    /// events (`tokens` may be empty or shorter than the blocks: then none are reported).
+    pub fn store_pinned_tokens(&mut self, hashes: &[u64], tokens: &[u32]) -> Vec<u64> {
+        let bs = self.block_size as usize;
+        let mut token_ids = Vec::new();
         let mut pinned = Vec::with_capacity(hashes.len());
         let mut stored = Vec::new();
         let mut removed = Vec::new();
@@ -171,6 +182,10 @@ impl KvCache {
                 if stored.is_empty() {
                     first_new_parent = parent;
                 }
+                let i = pinned.len();
+                if let Some(block) = tokens.get(i * bs..(i + 1) * bs) {
+                    token_ids.extend_from_slice(block);
+                }
                 stored.push(h);
                 pinned.push(h);
             }
@@ -182,9 +197,13 @@ impl KvCache {
             });
         }
         if !stored.is_empty() {
+            if token_ids.len() != stored.len() * bs {
+                token_ids.clear();
+            }
             self.sink.publish(KvEvent::BlockStored {
                 block_hashes: stored,
                 parent_block_hash: first_new_parent,
+                token_ids,
                 block_size: self.block_size,
             });
         }
@@ -245,6 +264,7 @@ mod tests {
             Some(&KvEvent::BlockStored {
                 block_hashes: vec![1, 2],
                 parent_block_hash: None,
+                token_ids: Vec::new(),
                 block_size: 16
             })
         );
@@ -266,5 +286,24 @@ mod tests {
         c.unpin(&p);
         assert!(c.clear());
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn stored_events_carry_the_blocks_token_ids() {
+        let rec = Recorder::default();
+        let mut c = KvCache::new(8, 2, Box::new(rec.clone()));
+        let p = c.store_pinned_tokens(&[1], &[7, 8, 9, 10]);
+        c.unpin(&p);
+        let p = c.store_pinned_tokens(&[1, 2], &[7, 8, 9, 10]);
+        c.unpin(&p);
+        let events = rec.0.lock().map(|v| v.clone()).unwrap_or_default();
+        let ids: Vec<Vec<u32>> = events
+            .iter()
+            .filter_map(|e| match e {
+                KvEvent::BlockStored { token_ids, .. } => Some(token_ids.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, vec![vec![7, 8], vec![9, 10]]);
     }
 }

@@ -97,6 +97,48 @@ pub struct SimConfig {
     /// engines the router knows nothing about.
     #[arg(long)]
     pub no_health_metrics: bool,
+    /// Local HF `tokenizer.json` (or its directory, with `tokenizer_config.json` for chat):
+    /// prompts are tokenized for real and blocks hashed like vLLM.
+    #[arg(long)]
+    pub tokenizer: Option<std::path::PathBuf>,
+    /// `PYTHONHASHSEED` of the vLLM block hashes (`sha256_cbor`) of token-id prompts.
+    #[arg(long, default_value = "0")]
+    pub hash_seed: String,
+    /// Publish KV events on a ZMQ PUB socket bound here (`tcp://127.0.0.1:5557`).
+    #[arg(long)]
+    pub kv_events_endpoint: Option<String>,
+    /// ZMQ ROUTER replay socket bound here, answering a start sequence number.
+    #[arg(long, requires = "kv_events_endpoint")]
+    pub kv_events_replay_endpoint: Option<String>,
+    /// Topic of the KV events (default `kv@<host:port>@<model>`).
+    #[arg(long)]
+    pub kv_events_topic: Option<String>,
+    /// Event layout: vLLM's tagged arrays or maps with a `type` field.
+    #[arg(long, value_enum, default_value = "array")]
+    pub kv_events_encoding: EventEncoding,
+    /// The loaded tokenizer (from `--tokenizer`).
+    #[arg(skip)]
+    pub loaded_tokenizer: Option<std::sync::Arc<kvroute_core::tokenize::PromptTokenizer>>,
+}
+
+/// KV-event layout on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
+pub enum EventEncoding {
+    /// `["BlockStored", ...]`.
+    #[default]
+    Array,
+    /// `{"type": "BlockStored", ...}`.
+    Map,
+}
+
+impl EventEncoding {
+    /// The codec's layout.
+    pub fn wire(self) -> kvroute_core::kv_events::Encoding {
+        match self {
+            EventEncoding::Array => kvroute_core::kv_events::Encoding::Array,
+            EventEncoding::Map => kvroute_core::kv_events::Encoding::Map,
+        }
+    }
 }
 
 impl Default for SimConfig {
@@ -118,6 +160,13 @@ impl Default for SimConfig {
             context_length: 32768,
             id: None,
             no_health_metrics: false,
+            tokenizer: None,
+            hash_seed: "0".to_string(),
+            kv_events_endpoint: None,
+            kv_events_replay_endpoint: None,
+            kv_events_topic: None,
+            kv_events_encoding: EventEncoding::Array,
+            loaded_tokenizer: None,
         }
     }
 }
@@ -139,6 +188,22 @@ impl SimConfig {
     /// Name reported in metric labels (the first served model).
     pub fn primary_model(&self) -> &str {
         self.models.first().map(String::as_str).unwrap_or("")
+    }
+
+    /// Loads `--tokenizer`, if given, into `loaded_tokenizer`.
+    pub fn load_tokenizer(&mut self) -> Result<(), String> {
+        if let Some(path) = &self.tokenizer {
+            let t =
+                kvroute_core::tokenize::PromptTokenizer::load(path).map_err(|e| e.to_string())?;
+            self.loaded_tokenizer = Some(std::sync::Arc::new(t));
+        }
+        Ok(())
+    }
+
+    /// The LoRA key of `model`'s blocks: none for the primary model, the name for the others
+    /// (vLLM serves adapters under their own model names).
+    pub fn lora_of<'a>(&self, model: &'a str) -> Option<&'a str> {
+        (model != self.primary_model()).then_some(model)
     }
 
     /// Bytes of prompt text per KV block.

@@ -206,7 +206,7 @@ impl Engine {
 
         {
             let mut c = self.cache();
-            let stored = c.store_pinned(hashes);
+            let stored = c.store_pinned_tokens(hashes, &prompt.token_ids);
             let previous = std::mem::replace(&mut active.held, stored);
             c.unpin(&previous);
         }

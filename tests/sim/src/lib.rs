@@ -10,6 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod errors;
 pub mod fault;
+pub mod kv_publisher;
 pub mod metrics;
 pub mod prompt;
 pub mod request;
@@ -18,5 +19,5 @@ pub mod routes;
 pub mod server;
 
 pub use cache::{KvEvent, KvEventSink, NoopSink};
-pub use config::{Cli, EngineKind, SimConfig};
+pub use config::{Cli, EngineKind, EventEncoding, SimConfig};
 pub use server::{RunningSim, engine, serve, spawn};

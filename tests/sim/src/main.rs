@@ -1,7 +1,8 @@
 //! `kvroute-sim` binary: a simulated vLLM or SGLang engine.
 
 use clap::Parser;
-use kvroute_sim::{Cli, NoopSink};
+use kvroute_sim::kv_publisher::{self, PublisherConfig};
+use kvroute_sim::{Cli, KvEventSink, NoopSink};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -40,7 +41,11 @@ async fn main() -> std::process::ExitCode {
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Err(e) = cli.sim.load_tokenizer() {
+        eprintln!("kvroute-sim: {e}");
+        return std::process::ExitCode::FAILURE;
+    }
     let listener = match TcpListener::bind((cli.host.as_str(), cli.port)).await {
         Ok(l) => l,
         Err(e) => {
@@ -55,11 +60,41 @@ async fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let mut kv_line = String::new();
+    let sink: Box<dyn KvEventSink> = match &cli.sim.kv_events_endpoint {
+        None => Box::new(NoopSink),
+        Some(endpoint) => {
+            let topic = cli
+                .sim
+                .kv_events_topic
+                .clone()
+                .unwrap_or_else(|| format!("kv@{addr}@{}", cli.sim.primary_model()));
+            let config = PublisherConfig {
+                endpoint: endpoint.clone(),
+                replay_endpoint: cli.sim.kv_events_replay_endpoint.clone(),
+                topic,
+                encoding: cli.sim.kv_events_encoding.wire(),
+            };
+            match kv_publisher::start(config).await {
+                Ok((sink, bound)) => {
+                    kv_line = format!(" kv_events={}", bound.endpoint);
+                    if let Some(r) = &bound.replay_endpoint {
+                        kv_line.push_str(&format!(" kv_replay={r}"));
+                    }
+                    Box::new(sink)
+                }
+                Err(e) => {
+                    eprintln!("kvroute-sim: cannot bind kv events {endpoint}: {e}");
+                    return std::process::ExitCode::FAILURE;
+                }
+            }
+        }
+    };
     println!(
-        "kvroute-sim listening on {addr} engine={}",
+        "kvroute-sim listening on {addr} engine={}{kv_line}",
         cli.sim.engine.name()
     );
-    let engine = kvroute_sim::engine(cli.sim, Box::new(NoopSink));
+    let engine = kvroute_sim::engine(cli.sim, sink);
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         shutdown_signal().await;

@@ -1,5 +1,6 @@
 //! Approximate tokenization: prompt length in tokens and chained block hashes.
 
+use kvroute_core::kv_events::{BlockHasher, HasherConfig};
 use serde_json::Value;
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -20,6 +21,9 @@ pub struct Prompt {
     pub tokens: usize,
     /// Chained hashes of the prompt's full blocks, in order.
     pub block_hashes: Vec<u64>,
+    /// The token ids, when the prompt was given or tokenized as ids (empty for the
+    /// approximate text tokenizer).
+    pub token_ids: Vec<u32>,
 }
 
 impl Prompt {
@@ -61,11 +65,40 @@ pub fn from_text(model: &str, text: &str, block_size: u32, chars_per_token: u32)
     Prompt {
         tokens,
         block_hashes,
+        token_ids: Vec::new(),
     }
 }
 
-/// Token-id prompt: one token per id; full blocks of `block_size` ids hashed in a chain.
-pub fn from_ids(model: &str, ids: &[u64], block_size: u32) -> Prompt {
+/// Token-id prompt hashed exactly like vLLM (`sha256_cbor`, seeded by `hash_seed`, LoRA name
+/// as extra key), so a router can compute the same block hashes.
+pub fn from_token_ids(ids: &[u32], block_size: u32, hash_seed: &str, lora: Option<&str>) -> Prompt {
+    let hasher = BlockHasher::new(&HasherConfig {
+        block_size,
+        hash_seed: hash_seed.to_owned(),
+    });
+    Prompt {
+        tokens: ids.len(),
+        block_hashes: hasher.block_hashes(ids, lora, None, usize::MAX),
+        token_ids: ids.to_vec(),
+    }
+}
+
+/// Token-id prompt: one token per id; full blocks of `block_size` ids hashed in a chain, the
+/// vLLM way ([`from_token_ids`], LoRA key `lora`) when every id fits 32 bits.
+pub fn from_ids(
+    model: &str,
+    ids: &[u64],
+    block_size: u32,
+    hash_seed: &str,
+    lora: Option<&str>,
+) -> Prompt {
+    if let Ok(small) = ids
+        .iter()
+        .map(|&i| u32::try_from(i))
+        .collect::<Result<Vec<u32>, _>>()
+    {
+        return from_token_ids(&small, block_size, hash_seed, lora);
+    }
     let bs = block_size.max(1) as usize;
     let block_hashes = chain(
         chain_root(model),
@@ -75,6 +108,7 @@ pub fn from_ids(model: &str, ids: &[u64], block_size: u32) -> Prompt {
     Prompt {
         tokens: ids.len(),
         block_hashes,
+        token_ids: Vec::new(),
     }
 }
 
@@ -129,8 +163,19 @@ mod tests {
 
     #[test]
     fn ids_and_chat_rendering() {
-        let p = from_ids("m", &[1, 2, 3, 4, 5], 2);
+        let p = from_ids("m", &[1, 2, 3, 4, 5], 2, "0", None);
         assert_eq!((p.tokens, p.block_hashes.len()), (5, 2));
+        // Ids are hashed like vLLM: the same chain as the router's hasher computes.
+        let hasher = BlockHasher::new(&HasherConfig {
+            block_size: 2,
+            hash_seed: "0".into(),
+        });
+        assert_eq!(
+            p.block_hashes,
+            hasher.block_hashes(&[1, 2, 3, 4], None, None, 9)
+        );
+        let big = from_ids("m", &[u64::MAX, 2, 3, 4], 2, "0", None);
+        assert_eq!(big.block_hashes.len(), 2);
         let msgs: Vec<Value> = serde_json::from_str(
             r#"[{"role":"system","content":"s"},{"role":"user","content":[{"type":"text","text":"hi"}]}]"#,
         )

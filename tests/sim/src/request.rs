@@ -2,6 +2,8 @@
 
 use serde_json::{Map, Value};
 
+use kvroute_core::ApiRoute;
+
 use crate::config::{EngineKind, SimConfig};
 use crate::errors::ApiError;
 use crate::prompt::{self, Prompt};
@@ -112,12 +114,22 @@ fn prompt_value(cfg: &SimConfig, model: &str, v: &Value, field: &str) -> Result<
                 cfg.chars_per_token,
             )),
             [Value::Array(inner)] => ids(inner)
-                .map(|ids| prompt::from_ids(model, &ids, cfg.block_size))
+                .map(|ids| {
+                    prompt::from_ids(
+                        model,
+                        &ids,
+                        cfg.block_size,
+                        &cfg.hash_seed,
+                        cfg.lora_of(model),
+                    )
+                })
                 .ok_or_else(|| ApiError::bad_request(format!("{field}: invalid token ids"))),
             items if items.iter().all(Value::is_u64) => Ok(prompt::from_ids(
                 model,
                 &ids(items).unwrap_or_default(),
                 cfg.block_size,
+                &cfg.hash_seed,
+                cfg.lora_of(model),
             )),
             _ => Err(batch()),
         },
@@ -181,23 +193,30 @@ pub fn parse_openai(
         ));
     }
     let model = resolve_model(cfg, &m)?;
-    let prompt = match dialect {
-        Dialect::Chat => {
-            let messages = m
-                .get("messages")
-                .and_then(Value::as_array)
-                .ok_or_else(|| ApiError::bad_request("messages: Field required"))?;
-            let text = prompt::render_chat(messages).ok_or_else(|| {
-                ApiError::bad_request("messages: each message should be an object")
-            })?;
-            prompt::from_text(&model, &text, cfg.block_size, cfg.chars_per_token)
-        }
-        _ => {
-            let v = m
-                .get("prompt")
-                .ok_or_else(|| ApiError::bad_request("prompt: Field required"))?;
-            prompt_value(cfg, &model, v, "prompt")?
-        }
+    let route = match dialect {
+        Dialect::Chat => ApiRoute::ChatCompletions,
+        _ => ApiRoute::Completions,
+    };
+    let prompt = match tokenized(cfg, &model, route, body) {
+        Some(p) => p,
+        None => match dialect {
+            Dialect::Chat => {
+                let messages = m
+                    .get("messages")
+                    .and_then(Value::as_array)
+                    .ok_or_else(|| ApiError::bad_request("messages: Field required"))?;
+                let text = prompt::render_chat(messages).ok_or_else(|| {
+                    ApiError::bad_request("messages: each message should be an object")
+                })?;
+                prompt::from_text(&model, &text, cfg.block_size, cfg.chars_per_token)
+            }
+            _ => {
+                let v = m
+                    .get("prompt")
+                    .ok_or_else(|| ApiError::bad_request("prompt: Field required"))?;
+                prompt_value(cfg, &model, v, "prompt")?
+            }
+        },
     };
     let max_completion = opt_u64(&m, "max_completion_tokens")?;
     let max_tokens = match max_completion {
@@ -240,6 +259,9 @@ pub fn parse_openai(
 pub fn parse_generate(cfg: &SimConfig, body: &[u8]) -> Result<GenRequest, ApiError> {
     let m = parse_object(body)?;
     let model = cfg.primary_model().to_string();
+    if let Some(prompt) = tokenized(cfg, &model, ApiRoute::Generate, body) {
+        return generate_request(cfg, &m, model, prompt);
+    }
     let prompt = match (m.get("text"), m.get("input_ids")) {
         (Some(t), _) if !t.is_null() => prompt_value(cfg, &model, t, "text")?,
         (_, Some(ids)) if !ids.is_null() => prompt_value(cfg, &model, ids, "input_ids")?,
@@ -249,6 +271,31 @@ pub fn parse_generate(cfg: &SimConfig, body: &[u8]) -> Result<GenRequest, ApiErr
             ));
         }
     };
+    generate_request(cfg, &m, model, prompt)
+}
+
+/// The prompt tokenized for real with `--tokenizer`, hashed like vLLM; `None` without a
+/// tokenizer or when the body's prompt is not text.
+fn tokenized(cfg: &SimConfig, model: &str, route: ApiRoute, body: &[u8]) -> Option<Prompt> {
+    let ids = cfg
+        .loaded_tokenizer
+        .as_ref()?
+        .tokenize_request(route, body)?;
+    Some(prompt::from_token_ids(
+        &ids,
+        cfg.block_size,
+        &cfg.hash_seed,
+        cfg.lora_of(model),
+    ))
+}
+
+/// The rest of `/generate` once the prompt is known.
+fn generate_request(
+    cfg: &SimConfig,
+    m: &Map<String, Value>,
+    model: String,
+    prompt: Prompt,
+) -> Result<GenRequest, ApiError> {
     let empty = Map::new();
     let sp = match m.get("sampling_params") {
         None | Some(Value::Null) => &empty,
@@ -266,7 +313,7 @@ pub fn parse_generate(cfg: &SimConfig, body: &[u8]) -> Result<GenRequest, ApiErr
         model,
         prompt,
         max_tokens: usize::try_from(max_tokens).unwrap_or(usize::MAX),
-        stream: opt_bool(&m, "stream")?,
+        stream: opt_bool(m, "stream")?,
         include_usage: false,
         rid: m.get("rid").and_then(Value::as_str).map(str::to_string),
     })
