@@ -16,7 +16,6 @@
 
 use std::cmp::Reverse;
 
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::{Pick, Policy, PolicyEnv};
@@ -115,14 +114,7 @@ fn pick_min_by<K: Ord>(
     rng: &mut dyn rand::RngCore,
     key: impl Fn(&Candidate) -> K,
 ) -> Option<WorkerId> {
-    let min = cands.iter().map(&key).min()?;
-    let tied = cands.iter().filter(|c| key(c) == min).count();
-    let nth = rng.random_range(0..tied);
-    cands
-        .iter()
-        .filter(|c| key(c) == min)
-        .nth(nth)
-        .map(|c| c.id)
+    super::random_min_by(cands, rng, key).map(|c| c.id)
 }
 
 impl Policy for CacheAwarePolicy {

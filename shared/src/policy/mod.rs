@@ -181,6 +181,20 @@ impl PolicyConfig {
     }
 }
 
+/// The item with the smallest `key`, ties broken at random (never "the first one": at low
+/// load that would pile every tie on one worker).
+pub(crate) fn random_min_by<'a, T, K: Ord>(
+    items: &'a [T],
+    rng: &mut dyn RngCore,
+    key: impl Fn(&T) -> K,
+) -> Option<&'a T> {
+    use rand::Rng;
+    let min = items.iter().map(&key).min()?;
+    let tied = items.iter().filter(|c| key(c) == min).count();
+    let nth = rng.random_range(0..tied);
+    items.iter().filter(|c| key(c) == min).nth(nth)
+}
+
 /// Ranks candidates by ascending load, `first` (if given) pinned at the head. Ties keep the
 /// candidates' order. Shared by policies that pick one worker and fall back to the least loaded.
 pub fn rank_with_first(first: Option<WorkerId>, candidates: &[&Worker]) -> Vec<WorkerId> {
