@@ -10,4 +10,4 @@ root=$(cd "$(dirname "$0")/.." && pwd)
   --config 'profile.release.panic="abort"' \
   --config 'profile.release.debug=false' \
   --config 'profile.release.strip=true'
-ls -l "$root/target/wasm/wasm32-unknown-unknown/release/kvroute_wasm.wasm" >&2
+ls -l "${CARGO_TARGET_DIR:-$root/target}/wasm/wasm32-unknown-unknown/release/kvroute_wasm.wasm" >&2

@@ -6,6 +6,6 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 "$root/scripts/setup-wasm.sh"
 pkg=$1; shift
 cd "$root"
-PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="$root/target/wasm" \
+PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$root/target}/wasm" \
   /usr/bin/cargo build --release -p "$pkg" --target wasm32-unknown-unknown \
   -Zbuild-std=std,panic_abort "$@"
