@@ -39,8 +39,8 @@ wasm-check:
 	scripts/build-wasm-filter.sh
 
 unit: build
-	$(CARGO) nextest run --workspace --test-threads $(TEST_THREADS) --no-fail-fast
 	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --test-threads $(TEST_THREADS) --no-fail-fast
 
 bench:
 	$(CARGO) bench -p kvroute-core
