@@ -17,7 +17,8 @@ build:
 	$(CARGO) build --workspace --bins
 
 ## The main job: real Envoy + kvroute + simulated engines + a shared-prefix workload.
-demo: setup
+demo:
+	scripts/setup-envoy.sh >/dev/null
 	scripts/demo.sh
 
 ## Everything a fresh clone needs to pass; installs what it needs first.
