@@ -39,59 +39,21 @@ IFS=';' read -r -a policies <<<"${BENCH_POLICIES:-cache_aware;scorer}"
 policy_label() { if [[ $1 == *=* ]]; then echo "${1%%=*}"; else echo "$1"; fi; }
 policy_yaml() { if [[ $1 == *=* ]]; then echo "${1#*=}"; else echo "{name: $1}"; fi; }
 
-log() { printf 'bench-routing: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+log_prefix=bench-routing
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
-pids=()
-cleanup() {
-  local status=$?
-  trap - EXIT INT TERM
-  for pid in "${pids[@]}"; do
-    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-  done
-  for pid in "${pids[@]}"; do
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
-  done
-  [ ${#pids[@]} -eq 0 ] || log "stopped ${#pids[@]} processes"
-  exit "$status"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-start() {
-  local logfile=$1
-  shift
-  setsid "$@" >"$logfile" 2>&1 </dev/null &
-  pids+=("$!")
-}
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
-
-wait_http() {
-  local url=$1 pid=$2 what=$3
-  for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || die "$what exited; see its log in $run_dir"
-    if curl -fsS -o /dev/null --max-time 1 "$url" 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  die "$what not ready after 30 s ($url)"
-}
-
-# Renders a shipped Envoy config onto our ports: admin, listener, kvroute gRPC, engines.
+# Renders the shipped envoy/envoy.yaml onto our ports (`kvroute-bench envoy-config`). With a
+# fourth argument, only a plain round-robin listener derived from the same file serves there
+# (the kvroute listener is bound to an ephemeral port and unused).
 render_envoy() {
-  local template=$1 admin=$2 listen=$3 grpc=$4
-  local args=(-e "s/port_value: 9901 /port_value: $admin /; s/port_value: 19901 /port_value: $admin /"
-    -e "s/address: 0.0.0.0, port_value: 10000 /address: 127.0.0.1, port_value: $listen /"
-    -e "s/port_value: 10100 /port_value: $listen /"
-    -e "s/port_value: 9002 /port_value: $grpc /")
-  local i
-  for i in 0 1 2 3; do
-    args+=(-e "s/port_value: 800$((i + 1)) /port_value: ${ENGINE_PORTS[$i]} /")
-    args+=(-e "s/port_value: 1800$((i + 1)) /port_value: ${ENGINE_PORTS[$i]} /")
-  done
-  sed "${args[@]}" "$template"
+  local admin=$1 listen=$2 grpc=$3 plain=${4:-}
+  local args=(envoy-config --template envoy/envoy.yaml --admin "127.0.0.1:$admin"
+    --listen "127.0.0.1:$listen" --kvroute "127.0.0.1:$grpc")
+  local port
+  for port in "${ENGINE_PORTS[@]}"; do args+=(--engine "127.0.0.1:$port"); done
+  [ -z "$plain" ] || args+=(--plain-listen "127.0.0.1:$plain")
+  "$bench" "${args[@]}"
 }
 
 [ -x "$envoy_bin" ] || die "Envoy not found at $envoy_bin (run scripts/setup-envoy.sh)"
@@ -132,7 +94,7 @@ engines_csv=$(IFS=,; echo "${engine_urls[*]}")
 log "${#ENGINE_PORTS[@]} engines up (kv blocks $kv_blocks each)"
 
 targets=("round_robin=http://127.0.0.1:$RR_PORT")
-render_envoy envoy/demo-roundrobin.yaml "$RR_ADMIN" "$RR_PORT" 0 >"$run_dir/envoy-round_robin.yaml"
+render_envoy "$RR_ADMIN" 0 9 "$RR_PORT" >"$run_dir/envoy-round_robin.yaml"
 start "$run_dir/envoy-round_robin.log" "$envoy_bin" -c "$run_dir/envoy-round_robin.yaml" \
   --log-level warn --use-dynamic-base-id
 wait_http "http://127.0.0.1:$RR_ADMIN/ready" "${pids[-1]}" "Envoy (round robin)"
@@ -154,7 +116,7 @@ for i in "${!policies[@]}"; do
   } >"$cfg"
   start "$run_dir/kvroute-$policy.log" "$kvroute" serve --config "$cfg"
   wait_http "http://127.0.0.1:$kv_admin/workers" "${pids[-1]}" "kvroute ($policy)"
-  render_envoy envoy/envoy.yaml "$admin" "$listen" "$grpc" >"$run_dir/envoy-$policy.yaml"
+  render_envoy "$admin" "$listen" "$grpc" >"$run_dir/envoy-$policy.yaml"
   start "$run_dir/envoy-$policy.log" "$envoy_bin" -c "$run_dir/envoy-$policy.yaml" \
     --log-level warn --use-dynamic-base-id
   wait_http "http://127.0.0.1:$admin/ready" "${pids[-1]}" "Envoy ($policy)"
