@@ -13,10 +13,10 @@ tok=$("$root/scripts/fetch-tokenizers.sh")
 run_dir="$root/.run/bench-precise"
 mkdir -p "$run_dir"
 (cd "$root" && cargo build --release --quiet -p kvroute -p kvroute-sim -p kvroute-bench)
-sed -e 's/port_value: 9901/port_value: 19911/' \
-  -e 's/address: 0.0.0.0, port_value: 10000/address: 127.0.0.1, port_value: 10711/' \
-  -e 's/port_value: 9002/port_value: 19012/' -e 's/port_value: 800\([1-4]\)/port_value: 1871\1/' \
-  "$root/envoy/envoy.yaml" >"$run_dir/envoy.yaml"
+"$target/kvroute-bench" envoy-config --template "$root/envoy/envoy.yaml" \
+  --admin 127.0.0.1:19911 --listen 127.0.0.1:10711 --kvroute 127.0.0.1:19012 \
+  --engine 127.0.0.1:18711 --engine 127.0.0.1:18712 --engine 127.0.0.1:18713 \
+  --engine 127.0.0.1:18714 --output "$run_dir/envoy.yaml"
 
 pids=()
 stop_all() {
