@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod envoy;
 pub mod fake_kube;
+pub mod load;
 pub mod openai;
 pub mod paths;
 pub mod process;

@@ -6,55 +6,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use kvroute_e2e::load::{Outcome, chat_load as load, collect, failed};
 use kvroute_e2e::openai::{chat_body, chat_with_system, read_sse, sim_id};
 use kvroute_e2e::{MODEL, Stack};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
-type Outcomes = Vec<(u16, String)>;
-
-/// `clients` loops of non-streamed chats until `stop`; (status, engine) of every request.
-fn load(stack: &Stack, clients: usize, stop: Arc<AtomicBool>) -> Vec<JoinHandle<Outcomes>> {
-    (0..clients)
-        .map(|c| {
-            let client = stack.client().clone();
-            let url = stack.gateway_url("/v1/chat/completions");
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut out = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = chat_body(MODEL, &format!("client {c} request {i}"), false, 2);
-                    out.push(match client.post(&url).json(&body).send().await {
-                        Ok(resp) => {
-                            let id = sim_id(&resp);
-                            let status = resp.status().as_u16();
-                            let _ = resp.bytes().await;
-                            (status, id)
-                        }
-                        Err(e) => (0, e.to_string()),
-                    });
-                    i += 1;
-                }
-                out
-            })
-        })
-        .collect()
-}
-
-async fn collect(handles: Vec<JoinHandle<Outcomes>>) -> anyhow::Result<Outcomes> {
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await?);
-    }
-    Ok(all)
-}
-
-fn failed(results: &Outcomes) -> Vec<&(u16, String)> {
-    results.iter().filter(|(s, _)| *s != 200).collect()
-}
-
-fn per_engine(results: &Outcomes) -> BTreeMap<String, usize> {
+fn per_engine(results: &[Outcome]) -> BTreeMap<String, usize> {
     let mut m = BTreeMap::new();
     for (_, id) in results {
         *m.entry(id.clone()).or_default() += 1;

@@ -5,62 +5,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
+use kvroute_e2e::load::{chat_load, collect, failed};
 use kvroute_e2e::openai::{chat_body, chat_with_system, read_sse, sim_id};
 use kvroute_e2e::{MODEL, Stack};
 use serde_json::Value;
-use tokio::task::JoinHandle;
-
-/// Sends non-streamed chats from `clients` concurrent loops until `stop`; returns
-/// (status, engine) of every request.
-fn background_load(
-    stack: &Stack,
-    clients: usize,
-    stop: Arc<AtomicBool>,
-) -> Vec<JoinHandle<Vec<(u16, String)>>> {
-    (0..clients)
-        .map(|c| {
-            let client = stack.client().clone();
-            let url = stack.gateway_url("/v1/chat/completions");
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut results = Vec::new();
-                let mut i = 0;
-                while !stop.load(Ordering::Relaxed) {
-                    let body = chat_body(MODEL, &format!("client {c} request {i}"), false, 2);
-                    let outcome = match client.post(&url).json(&body).send().await {
-                        Ok(resp) => {
-                            let id = sim_id(&resp);
-                            let status = resp.status().as_u16();
-                            let _ = resp.bytes().await;
-                            (status, id)
-                        }
-                        Err(e) => (0, e.to_string()),
-                    };
-                    results.push(outcome);
-                    i += 1;
-                }
-                results
-            })
-        })
-        .collect()
-}
-
-async fn collect(
-    handles: Vec<JoinHandle<Vec<(u16, String)>>>,
-) -> anyhow::Result<Vec<(u16, String)>> {
-    let mut all = Vec::new();
-    for h in handles {
-        all.extend(h.await?);
-    }
-    Ok(all)
-}
-
-fn failures(results: &[(u16, String)]) -> Vec<&(u16, String)> {
-    results
-        .iter()
-        .filter(|(status, _)| *status != 200)
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_is_routed_around_and_reported_unhealthy() -> anyhow::Result<()> {
@@ -70,7 +18,7 @@ async fn killed_worker_is_routed_around_and_reported_unhealthy() -> anyhow::Resu
         .start()
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = background_load(&stack, 2, stop.clone());
+    let load = chat_load(&stack, 2, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     stack.kill_sim(1);
@@ -92,9 +40,9 @@ async fn killed_worker_is_routed_around_and_reported_unhealthy() -> anyhow::Resu
     );
     assert!(results.len() >= 10, "too few requests: {}", results.len());
     assert!(
-        failures(&results).is_empty(),
+        failed(&results).is_empty(),
         "failed requests: {:?}",
-        failures(&results)
+        failed(&results)
     );
     // Two failed probes at most two intervals apart, plus polling slack on a busy machine.
     let bound = Duration::from_millis(2 * INTERVAL_MS + 1500);
@@ -115,7 +63,7 @@ async fn kvroute_restart_fails_open_then_routing_resumes() -> anyhow::Result<()>
         .start()
         .await?;
     let stop = Arc::new(AtomicBool::new(false));
-    let load = background_load(&stack, 2, stop.clone());
+    let load = chat_load(&stack, 2, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     stack.kill_kvroute();
@@ -193,9 +141,9 @@ async fn kvroute_restart_fails_open_then_routing_resumes() -> anyhow::Result<()>
     let results = collect(load).await?;
     println!("{} background requests across the restart", results.len());
     assert!(
-        failures(&results).is_empty(),
+        failed(&results).is_empty(),
         "failed requests: {:?}",
-        failures(&results)
+        failed(&results)
     );
     Ok(())
 }
