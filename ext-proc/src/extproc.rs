@@ -571,12 +571,12 @@ impl StreamHandler {
         let body = std::mem::take(&mut self.body);
         // Parsing and tokenizing are linear in the body: done before taking the router lock.
         let started = Instant::now();
-        let tokens = self
-            .shared
-            .tokenizer()
-            .and_then(|t| t.tokenize_request(route, &body));
         let outcome = match self.shared.gateway.parse_inference(route, &body) {
             Ok(parsed) => {
+                let tokens = self
+                    .shared
+                    .tokenizer()
+                    .and_then(|t| t.tokenize_parsed(&parsed, &body));
                 self.decide_since(started, |gw, router, now| {
                     gw.route_parsed_tokens(
                         router,

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use minijinja::{Environment, Error, ErrorKind, Value};
 use serde_json::Value as Json;
 
-use crate::request::ApiRoute;
+use crate::request::{ApiRoute, ParsedRequest, Prompt};
 
 /// Why a tokenizer could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +144,19 @@ impl PromptTokenizer {
         }
     }
 
+    /// [`PromptTokenizer::tokenize_request`] for a body the gateway already parsed: text
+    /// prompts are encoded from the parsed request without reading the body again; only chat
+    /// needs the JSON (its template sees messages, tools and flags).
+    pub fn tokenize_parsed(&self, parsed: &ParsedRequest<'_>, body: &[u8]) -> Option<Vec<u32>> {
+        match (parsed.route, &parsed.prompt) {
+            (ApiRoute::Completions | ApiRoute::Generate, Prompt::Text(text)) => {
+                self.encode(text, true)
+            }
+            (ApiRoute::ChatCompletions, _) => self.tokenize_request(parsed.route, body),
+            _ => None,
+        }
+    }
+
     /// The chat prompt text the engine's template renders for this body.
     pub fn render_chat(&self, body: &Json) -> Option<String> {
         self.chat.as_ref()?.render(body).ok()
@@ -246,5 +259,27 @@ mod tests {
             t.tokenize_request(ApiRoute::Completions, br#"{"model":"m","prompt":[1,2]}"#)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn parsed_requests_tokenize_like_raw_bodies() {
+        let Some(t) = qwen3() else { return };
+        let cases: [(ApiRoute, &[u8]); 3] = [
+            (
+                ApiRoute::Completions,
+                br#"{"model":"m","prompt":"Hello world, again"}"#,
+            ),
+            (ApiRoute::Generate, br#"{"text":"Hello world, again"}"#),
+            (
+                ApiRoute::ChatCompletions,
+                br#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#,
+            ),
+        ];
+        for (route, body) in cases {
+            let parsed = crate::request::parse_request(route, body).unwrap();
+            let ids = t.tokenize_parsed(&parsed, body);
+            assert!(ids.is_some(), "{route:?}");
+            assert_eq!(ids, t.tokenize_request(route, body), "{route:?}");
+        }
     }
 }
