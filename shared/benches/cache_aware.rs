@@ -63,6 +63,7 @@ fn workers(n: u32) -> Vec<Worker> {
             healthy: true,
             draining: false,
             in_flight: 0,
+            in_flight_elsewhere: 0,
             load: None,
         })
         .collect()

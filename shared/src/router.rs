@@ -210,6 +210,13 @@ impl Router {
         }
     }
 
+    /// Records how many requests routers sharing this one's state have in flight on `id`.
+    pub fn set_in_flight_elsewhere(&mut self, id: WorkerId, count: u32) {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.in_flight_elsewhere = count;
+        }
+    }
+
     /// Records (or clears, with `None`) the engine's own load report.
     pub fn set_load(&mut self, id: WorkerId, load: Option<LoadReport>) {
         if let Some(w) = self.workers.get_mut(id) {

@@ -106,6 +106,9 @@ pub struct Worker {
     pub draining: bool,
     /// Requests routed here and not yet completed, counted by this router.
     pub in_flight: u32,
+    /// Requests other routers sharing this router's state have in flight here (the wasm
+    /// filter's sibling VMs); 0 when nothing is shared.
+    pub in_flight_elsewhere: u32,
     /// The engine's own load report, when scraped and fresh.
     pub load: Option<LoadReport>,
 }
@@ -116,10 +119,16 @@ impl Worker {
         self.healthy && !self.draining
     }
 
+    /// Requests routed here and not yet completed, by this router and the ones sharing its
+    /// state.
+    pub fn routed_in_flight(&self) -> u32 {
+        self.in_flight + self.in_flight_elsewhere
+    }
+
     /// The load figure policies balance on: the router's in-flight count plus the engine's
     /// waiting queue when known. In-flight already includes what the engine runs for us.
     pub fn load(&self) -> u32 {
-        self.in_flight + self.load.map_or(0, |l| l.waiting)
+        self.routed_in_flight() + self.load.map_or(0, |l| l.waiting)
     }
 }
 
@@ -155,6 +164,7 @@ impl WorkerSet {
             healthy: true,
             draining: false,
             in_flight: 0,
+            in_flight_elsewhere: 0,
             load: None,
         });
         (id, true)

@@ -4,7 +4,7 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use kvroute_core::shared_state::{self, DecisionEvent};
-use kvroute_core::{ApiRoute, Gateway, LoadReport, LocalReply, Outcome, Router};
+use kvroute_core::{ApiRoute, Gateway, LocalReply, Outcome, Router};
 use proxy_wasm::hostcalls;
 
 use crate::config::{PluginConfig, SharingConfig};
@@ -77,9 +77,8 @@ impl Vm {
         }
     }
 
-    /// Makes every worker's load include what the other VMs have in flight on it (carried
-    /// in the load report's `waiting` figure: the filter scrapes no engine metrics).
-    fn sync_loads(&mut self, now_ms: u64) {
+    /// Makes every worker's load include what the other VMs have in flight on it.
+    fn sync_loads(&mut self) {
         let Some(sharing) = &self.sharing else {
             return;
         };
@@ -94,12 +93,7 @@ impl Vm {
             })
             .collect();
         for (id, others) in loads {
-            let report = LoadReport {
-                waiting: others,
-                observed_at_ms: now_ms,
-                ..LoadReport::default()
-            };
-            self.router.set_load(id, Some(report));
+            self.router.set_in_flight_elsewhere(id, others);
         }
     }
 
@@ -113,7 +107,7 @@ impl Vm {
     ) -> Outcome {
         let now = now_ms();
         self.apply_events(now);
-        self.sync_loads(now);
+        self.sync_loads();
         let Vm {
             gateway,
             router,
@@ -144,7 +138,7 @@ impl Vm {
     /// Routes a request that is not routed by content.
     pub fn route_other(&mut self) -> Outcome {
         let now = now_ms();
-        self.sync_loads(now);
+        self.sync_loads();
         self.gateway.route_other(&mut self.router, None, now)
     }
 

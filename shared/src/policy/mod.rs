@@ -251,6 +251,7 @@ pub(crate) mod tests_support {
                 healthy: true,
                 draining: false,
                 in_flight: 0,
+                in_flight_elsewhere: 0,
                 load: None,
             })
             .collect()

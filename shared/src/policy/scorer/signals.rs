@@ -48,8 +48,8 @@ impl Signals {
     pub fn of(w: &Worker, prefix: f32, lora: Option<&str>, session: Option<WorkerId>) -> Signals {
         Signals {
             prefix: f64::from(prefix).clamp(0.0, 1.0),
-            queue: w.load.map_or(w.in_flight, |l| l.waiting),
-            running: w.load.map_or(w.in_flight, |l| l.running),
+            queue: w.load.map_or(w.routed_in_flight(), |l| l.waiting),
+            running: w.load.map_or(w.routed_in_flight(), |l| l.running),
             kv_cache: w
                 .load
                 .map(|l| f64::from(l.kv_cache_usage))

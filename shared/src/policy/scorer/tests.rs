@@ -103,6 +103,16 @@ fn signals_use_engine_load_else_in_flight() {
 }
 
 #[test]
+fn in_flight_elsewhere_counts_when_no_engine_load_is_known() {
+    let mut ws = workers(1);
+    ws[0].in_flight = 1;
+    ws[0].in_flight_elsewhere = 4;
+    let s = Signals::of(&ws[0], 0.0, None, None);
+    assert_eq!((s.queue, s.running), (5, 5));
+    assert_eq!(ws[0].load(), 5);
+}
+
+#[test]
 fn max_score_breaks_ties_at_random() {
     let mut rng = env_rng();
     let mut firsts = BTreeSet::new();
