@@ -11,7 +11,8 @@
 # Everything it starts is stopped on exit, error or Ctrl-C. Run files go to ./.run/overhead/.
 # Knobs (environment): OVERHEAD_SIZES (bytes, default 1024,225280), OVERHEAD_CONCURRENCY
 # (1,64,150), OVERHEAD_REQUESTS (per target and cell, 3000), KVROUTE_ENVOY, KVROUTE_BIN_DIR
-# (use these prebuilt release binaries instead of building).
+# (use these prebuilt release binaries instead of building), OVERHEAD_ENVOY_TEMPLATE (the Envoy
+# config whose listener is measured, default envoy/envoy.yaml).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -33,6 +34,7 @@ KVROUTE_PORT=10111
 sizes=${OVERHEAD_SIZES:-1024,225280}
 concurrency=${OVERHEAD_CONCURRENCY:-1,64,150}
 requests=${OVERHEAD_REQUESTS:-3000}
+template=${OVERHEAD_ENVOY_TEMPLATE:-envoy/envoy.yaml}
 
 [ -x "$envoy_bin" ] || die "Envoy not found at $envoy_bin (run scripts/setup-envoy.sh)"
 command -v curl >/dev/null || die "curl is required"
@@ -74,7 +76,7 @@ start "$run_dir/kvroute.log" "$kvroute" serve --policy cache_aware "${worker_fla
 kvroute_pid=${pids[-1]}
 wait_http "http://127.0.0.1:$KVROUTE_ADMIN_PORT/readyz" "$kvroute_pid" "kvroute"
 
-"$bench" envoy-config --template envoy/envoy.yaml --admin "127.0.0.1:$ENVOY_ADMIN_PORT" \
+"$bench" envoy-config --template "$template" --admin "127.0.0.1:$ENVOY_ADMIN_PORT" \
   --listen "127.0.0.1:$KVROUTE_PORT" --kvroute "127.0.0.1:$GRPC_PORT" "${engine_flags[@]}" \
   --plain-listen "127.0.0.1:$PLAIN_PORT" --output "$run_dir/envoy.yaml"
 start "$run_dir/envoy.log" "$envoy_bin" -c "$run_dir/envoy.yaml" --concurrency 2 \

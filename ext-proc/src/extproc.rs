@@ -1,4 +1,4 @@
-//! The ext_proc gRPC service: one task per stream (= one HTTP request) translating Envoy's
+//! The ext_proc gRPC service: one handler per stream (= one HTTP request) translating Envoy's
 //! messages into calls on the core's [`Gateway`](kvroute_core::Gateway) and back.
 //!
 //! Request body modes:
@@ -17,8 +17,10 @@
 //! `end_of_stream=true` means buffered, one with `end_of_stream=false` duplex streaming (then
 //! passed through unrouted, the headers being gone).
 //!
+//! Messages are handled inside the response stream (no task or channel per request).
+//!
 //! Releasing the in-flight ticket: the ticket lives in a [`TicketGuard`] owned by the stream's
-//! task. It is released when the response ends (response body or trailers with
+//! handler. It is released when the response ends (response body or trailers with
 //! `end_of_stream`, or response headers ending the stream), and otherwise when the gRPC stream
 //! ends, which Envoy does when the HTTP stream is destroyed (completed, reset, or the client
 //! left). Verified with Envoy 1.40 and a response streamed over 3 s:
@@ -31,10 +33,12 @@
 //! - response body `FULL_DUPLEX_STREAMED` (+ trailers `SEND`) also works: every chunk is echoed
 //!   back and the last one (`end_of_stream`) releases, at the cost of one message per chunk.
 
+use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
 use envoy_types::pb::envoy::service::ext_proc::v3::external_processor_server::ExternalProcessor;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
@@ -43,7 +47,6 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
 };
 use futures_util::Stream;
 use kvroute_core::{ApiRoute, DeadlinePolicy, LocalReply, Outcome, RequestKind};
-use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, field};
 
@@ -81,17 +84,13 @@ impl ExternalProcessor for ExtProcService {
         request: Request<Streaming<ProcessingRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let inbound = request.into_inner();
-        let (tx, rx) = mpsc::channel(8);
         let span = tracing::debug_span!("ext_proc", request_id = field::Empty);
-        let handler = StreamHandler::new(
-            self.shared.clone(),
-            self.subset_key.clone(),
-            tx,
-            span.clone(),
-        );
-        tokio::spawn(handler.run(inbound).instrument(span));
-        let out = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|m| (Ok(m), rx))
+        let handler = StreamHandler::new(self.shared.clone(), self.subset_key.clone(), span);
+        // Messages are handled inside the response stream, polled by the HTTP/2 stream's own
+        // task: no task and no channel per request, one wake-up less per message.
+        let out = futures_util::stream::unfold((handler, inbound), |(handler, inbound)| {
+            let span = handler.span.clone();
+            async move { handler.next_response(inbound).await }.instrument(span)
         });
         Ok(Response::new(Box::pin(out)))
     }
@@ -140,48 +139,49 @@ enum RequestState {
     Replied,
 }
 
-/// Why the stream's task stops.
-struct Closed;
-
 /// The state of one ext_proc stream.
 struct StreamHandler {
     shared: Arc<Shared>,
     subset_key: Arc<str>,
-    tx: mpsc::Sender<ProcessingResponse>,
+    outbox: VecDeque<ProcessingResponse>,
     span: tracing::Span,
     request_mode: BodyMode,
     response_mode: BodyMode,
     state: RequestState,
     body: Vec<u8>,
     guard: Option<TicketGuard>,
-    response_seen: bool,
 }
 
 impl StreamHandler {
-    fn new(
-        shared: Arc<Shared>,
-        subset_key: Arc<str>,
-        tx: mpsc::Sender<ProcessingResponse>,
-        span: tracing::Span,
-    ) -> StreamHandler {
+    fn new(shared: Arc<Shared>, subset_key: Arc<str>, span: tracing::Span) -> StreamHandler {
         StreamHandler {
             shared,
             subset_key,
-            tx,
+            outbox: VecDeque::new(),
             span,
             request_mode: BodyMode::Unknown,
             response_mode: BodyMode::Unknown,
             state: RequestState::Start,
             body: Vec::new(),
             guard: None,
-            response_seen: false,
         }
     }
 
-    /// Processes messages until Envoy closes the stream, it fails, or the response side is
-    /// gone. Dropping `self` at the end releases any ticket still held.
-    async fn run(mut self, mut inbound: Streaming<ProcessingRequest>) {
+    /// The next message for Envoy: queued answers first, then the answers to the next message
+    /// from Envoy. `None` ends the response stream, once Envoy closed its side or it failed;
+    /// dropping the handler then releases any ticket still held (also when Envoy resets the
+    /// stream and the response stream is dropped unpolled).
+    async fn next_response(
+        mut self,
+        mut inbound: Streaming<ProcessingRequest>,
+    ) -> Option<(
+        Result<ProcessingResponse, Status>,
+        (Self, Streaming<ProcessingRequest>),
+    )> {
         loop {
+            if let Some(msg) = self.outbox.pop_front() {
+                return Some((Ok(msg), (self, inbound)));
+            }
             let msg = match inbound.message().await {
                 Ok(Some(msg)) => msg,
                 Ok(None) => break,
@@ -190,33 +190,30 @@ impl StreamHandler {
                     break;
                 }
             };
-            if self.handle(msg).await.is_err() {
-                break;
-            }
+            self.handle(msg).await;
         }
         debug!(
             releasing_ticket = self.guard.is_some(),
             "ext_proc stream closed"
         );
-        if let Some(guard) = self.guard.as_ref()
-            && !self.response_seen
-        {
-            // Forwarded, and the stream ended before any response: an upstream reset.
-            guard.record_result(false);
-        }
+        // A stream that ends before any response headers records no result: the client left,
+        // or Envoy was told not to send response headers (`response_header_mode: SKIP`). An
+        // upstream failure reaches kvroute as Envoy's 5xx response headers.
+        None
     }
 
-    async fn send(&self, msg: ProcessingResponse) -> Result<(), Closed> {
-        self.tx.send(msg).await.map_err(|_| Closed)
+    /// Queues a message for Envoy.
+    fn send(&mut self, msg: ProcessingResponse) {
+        self.outbox.push_back(msg);
     }
 
-    async fn handle(&mut self, msg: ProcessingRequest) -> Result<(), Closed> {
+    async fn handle(&mut self, msg: ProcessingRequest) {
         if let Some(pc) = &msg.protocol_config {
             self.request_mode = BodyMode::from_proto(pc.request_body_mode);
             self.response_mode = BodyMode::from_proto(pc.response_body_mode);
         }
         let Some(request) = msg.request else {
-            return Ok(());
+            return;
         };
         match request {
             Msg::RequestHeaders(h) => self.on_request_headers(h, msg.metadata_context).await,
@@ -238,12 +235,11 @@ impl StreamHandler {
                     let status = proto::find_header(h.headers.as_ref(), ":status")
                         .and_then(|s| s.parse::<u16>().ok());
                     guard.record_result(status.is_some_and(|s| s < 500));
-                    self.response_seen = true;
                 }
                 if h.end_of_stream {
                     self.release();
                 }
-                self.send(proto::response_headers()).await
+                self.send(proto::response_headers())
             }
             Msg::ResponseBody(b) => {
                 debug!(
@@ -259,12 +255,12 @@ impl StreamHandler {
                 if b.end_of_stream {
                     self.release();
                 }
-                self.send(reply).await
+                self.send(reply)
             }
             Msg::ResponseTrailers(_) => {
                 debug!("response trailers");
                 self.release();
-                self.send(proto::trailers(true)).await
+                self.send(proto::trailers(true))
             }
         }
     }
@@ -282,23 +278,26 @@ impl StreamHandler {
         }
     }
 
-    async fn on_request_headers(
-        &mut self,
-        h: HttpHeaders,
-        metadata: Option<envoy_types::pb::envoy::config::core::v3::Metadata>,
-    ) -> Result<(), Closed> {
+    /// Classifies the request and names it in the stream's span.
+    fn classify(&self, method: &str, path: &str, request_id: Option<&str>) -> RequestKind {
+        if let Some(id) = request_id {
+            self.span.record("request_id", id);
+        }
+        let kind = RequestKind::classify(method, path);
+        debug!(method, path, ?kind, "request");
+        kind
+    }
+
+    async fn on_request_headers(&mut self, h: HttpHeaders, metadata: Option<Metadata>) {
         let headers = h.headers.as_ref();
         let method = proto::find_header(headers, ":method").unwrap_or("");
         let path = proto::find_header(headers, ":path").unwrap_or("");
-        if let Some(id) = proto::find_header(headers, "x-request-id") {
-            self.span.record("request_id", id);
-        }
+        let request_id = proto::find_header(headers, "x-request-id");
         let config = self.shared.gateway.config();
         let session = proto::find_header(headers, &config.session_header).map(str::to_owned);
+        let kind = self.classify(method, path, request_id);
         let subset =
             proto::metadata_strings(metadata.as_ref(), SUBSET_HINT_NAMESPACE, &self.subset_key);
-        let kind = RequestKind::classify(method, path);
-        debug!(method, path, ?kind, "request headers");
 
         match kind {
             RequestKind::Inference(route) if !h.end_of_stream => {
@@ -311,9 +310,8 @@ impl StreamHandler {
                 };
                 if answer_now {
                     let strip = proto::common(self.strip_mutation(), false);
-                    self.send(proto::request_headers(strip)).await?;
+                    self.send(proto::request_headers(strip));
                 }
-                Ok(())
             }
             RequestKind::Inference(route) => {
                 // No body at all: the core answers with its "empty body" error.
@@ -372,7 +370,7 @@ impl StreamHandler {
     }
 
     /// [`StreamHandler::decide`] for a decision that started at `started` (body parsing done
-    /// outside the lock counts in its duration).
+    /// outside the lock counts in its duration and in its deadline).
     async fn decide_since(
         &self,
         started: Instant,
@@ -386,8 +384,16 @@ impl StreamHandler {
                 Some(f(&self.shared.gateway, &mut router, now))
             }
             Some(ms) => {
+                // The deadline counts from the decision's start: parsing and tokenizing a long
+                // prompt spend it too, and only what is left may be spent waiting for the lock.
                 let deadline = std::time::Duration::from_millis(ms);
-                match self.shared.router_within(deadline).await {
+                let left = deadline.saturating_sub(started.elapsed());
+                let router = if left.is_zero() {
+                    None
+                } else {
+                    self.shared.router_within(left).await
+                };
+                match router {
                     Some(mut router) => {
                         let now = self.shared.now_ms();
                         Some(f(&self.shared.gateway, &mut router, now))
@@ -427,7 +433,7 @@ impl StreamHandler {
                     .record_decision("", Some(r.status), secs, None);
                 debug!(status = r.status, "local reply");
             }
-            None => self.shared.metrics.record_decision("", None, secs, None),
+            None => self.shared.metrics.record_deadline_missed(secs),
         }
     }
 
@@ -457,35 +463,31 @@ impl StreamHandler {
         (mutation, metadata)
     }
 
-    async fn reply(&mut self, reply: &LocalReply) -> Result<(), Closed> {
+    fn reply(&mut self, reply: &LocalReply) {
         self.state = RequestState::Replied;
-        self.send(proto::immediate(reply)).await
+        self.send(proto::immediate(reply))
     }
 
     /// Answers in the request-headers response (no body read, or the held duplex headers).
-    async fn answer_at_headers(
-        &mut self,
-        outcome: Option<Outcome>,
-        content_length: Option<usize>,
-    ) -> Result<(), Closed> {
+    async fn answer_at_headers(&mut self, outcome: Option<Outcome>, content_length: Option<usize>) {
         match outcome {
             None => {
                 self.state = RequestState::PassThrough;
                 let strip = proto::common(self.strip_mutation(), false);
-                self.send(proto::request_headers(strip)).await
+                self.send(proto::request_headers(strip))
             }
-            Some(Outcome::Reply(reply)) => self.reply(&reply).await,
+            Some(Outcome::Reply(reply)) => self.reply(&reply),
             Some(Outcome::Forward(fwd)) => {
                 self.state = RequestState::PassThrough;
                 let (mutation, metadata) = self.forward_parts(fwd, content_length);
                 let mut msg = proto::request_headers(proto::common(mutation, true));
                 msg.dynamic_metadata = Some(metadata);
-                self.send(msg).await
+                self.send(msg)
             }
         }
     }
 
-    async fn on_request_body(&mut self, b: HttpBody) -> Result<(), Closed> {
+    async fn on_request_body(&mut self, b: HttpBody) {
         if self.request_mode == BodyMode::Unknown {
             self.request_mode = if b.end_of_stream {
                 BodyMode::Buffered
@@ -506,14 +508,14 @@ impl StreamHandler {
             self.state = RequestState::PassThrough;
         }
         match &self.state {
-            RequestState::Replied => Ok(()),
+            RequestState::Replied => {}
             RequestState::Start | RequestState::PassThrough => {
                 let msg = if mode == BodyMode::Duplex {
                     proto::streamed_body(b.body, b.end_of_stream, false)
                 } else {
                     proto::request_body(Default::default())
                 };
-                self.send(msg).await
+                self.send(msg)
             }
             RequestState::AwaitingBody {
                 headers_answered, ..
@@ -526,12 +528,12 @@ impl StreamHandler {
                 }
                 if let Err(reply) = self.shared.gateway.check_body_size(self.body.len()) {
                     self.body = Vec::new();
-                    return self.reply(&reply).await;
+                    return self.reply(&reply);
                 }
                 match mode {
-                    BodyMode::Duplex if !b.end_of_stream => Ok(()),
+                    BodyMode::Duplex if !b.end_of_stream => {}
                     BodyMode::Streamed if !b.end_of_stream => {
-                        self.send(proto::request_body(Default::default())).await
+                        self.send(proto::request_body(Default::default()))
                     }
                     _ => self.route_body(headers_answered, b.end_of_stream).await,
                 }
@@ -539,26 +541,22 @@ impl StreamHandler {
         }
     }
 
-    async fn on_request_trailers(&mut self) -> Result<(), Closed> {
+    async fn on_request_trailers(&mut self) {
         if let RequestState::AwaitingBody {
             headers_answered, ..
         } = self.state
         {
             // Trailers end the body in duplex mode.
-            self.route_body(headers_answered, false).await?;
+            self.route_body(headers_answered, false).await;
         }
         if matches!(self.state, RequestState::Replied) {
-            return Ok(());
+            return;
         }
-        self.send(proto::trailers(false)).await
+        self.send(proto::trailers(false))
     }
 
     /// Routes on the accumulated body and answers. `end_of_stream`: no trailers follow.
-    async fn route_body(
-        &mut self,
-        headers_answered: bool,
-        end_of_stream: bool,
-    ) -> Result<(), Closed> {
+    async fn route_body(&mut self, headers_answered: bool, end_of_stream: bool) {
         let RequestState::AwaitingBody {
             route,
             session,
@@ -566,7 +564,7 @@ impl StreamHandler {
             ..
         } = std::mem::replace(&mut self.state, RequestState::PassThrough)
         else {
-            return Ok(());
+            return;
         };
         let body = std::mem::take(&mut self.body);
         // Parsing and tokenizing are linear in the body: done before taking the router lock.
@@ -599,21 +597,20 @@ impl StreamHandler {
         let Some(outcome) = outcome else {
             // Missed the deadline, fail-open: on unrouted, the proxy's fallback policy picks.
             if headers_answered {
-                return self.send(proto::request_body(Default::default())).await;
+                return self.send(proto::request_body(Default::default()));
             }
             let mut mutation = self.strip_mutation();
             mutation
                 .set_headers
                 .push(proto::set_header("content-length", body.len().to_string()));
-            self.send(proto::request_headers(proto::common(mutation, false)))
-                .await?;
+            self.send(proto::request_headers(proto::common(mutation, false)));
             for chunk in proto::restream_request_body(body, end_of_stream) {
-                self.send(chunk).await?;
+                self.send(chunk);
             }
-            return Ok(());
+            return;
         };
         match outcome {
-            Outcome::Reply(reply) => self.reply(&reply).await,
+            Outcome::Reply(reply) => self.reply(&reply),
             Outcome::Forward(mut fwd) if headers_answered => {
                 // Chunks of a STREAMED body are already upstream: it cannot be replaced.
                 let rewritten = fwd
@@ -632,7 +629,7 @@ impl StreamHandler {
                 }
                 let mut msg = proto::request_body(common);
                 msg.dynamic_metadata = Some(metadata);
-                self.send(msg).await
+                self.send(msg)
             }
             Outcome::Forward(mut fwd) => {
                 let body = match fwd.body.take() {
@@ -648,11 +645,10 @@ impl StreamHandler {
                 let (mutation, metadata) = self.forward_parts(fwd, Some(body.len()));
                 let mut msg = proto::request_headers(proto::common(mutation, true));
                 msg.dynamic_metadata = Some(metadata);
-                self.send(msg).await?;
+                self.send(msg);
                 for chunk in proto::restream_request_body(body, end_of_stream) {
-                    self.send(chunk).await?;
+                    self.send(chunk);
                 }
-                Ok(())
             }
         }
     }

@@ -159,6 +159,18 @@ impl Metrics {
             .inc();
     }
 
+    /// Records a decision that missed its deadline and let the request through unrouted
+    /// (outcome `deadline_missed`).
+    pub fn record_deadline_missed(&self, seconds: f64) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                policy: "",
+                outcome: "deadline_missed",
+            })
+            .inc();
+        self.decision_duration.observe(seconds);
+    }
+
     /// Records one decision: its policy, outcome (`forwarded` or an HTTP status), duration
     /// and prefix match.
     pub fn record_decision(

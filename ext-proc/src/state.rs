@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use kvroute_core::circuit::Transition;
 use kvroute_core::tokenize::PromptTokenizer;
-use kvroute_core::{Gateway, Router, Ticket};
+use kvroute_core::{Gateway, Router, Ticket, WorkerId};
 
 use crate::metrics::Metrics;
 
@@ -106,37 +106,26 @@ impl TicketGuard {
         }
     }
 
-    /// The proxy reported the endpoint that actually served the request.
+    /// The proxy reported the endpoint that actually served the request (a retry away from
+    /// the pick counts as the pick's failure).
     pub fn served_by(&mut self, address: &str) {
         if let Some(ticket) = self.ticket.as_mut() {
-            self.shared.router().served_by(ticket, address);
+            let picked = ticket.worker();
+            let now = self.shared.now_ms();
+            let transition = self.shared.router().served_by(ticket, address, now);
+            log_transition(&self.shared, picked, transition);
         }
     }
 
-    /// Feeds the worker's circuit breaker with the request's result (a 5xx answer or a
-    /// stream that ended without a response is a failure).
+    /// Feeds the worker's circuit breaker with the request's result (a 5xx answer is a
+    /// failure).
     pub fn record_result(&self, success: bool) {
         let Some(ticket) = self.ticket.as_ref() else {
             return;
         };
         let now = self.shared.now_ms();
-        let mut router = self.shared.router();
-        let transition = router.record_result(ticket, success, now);
-        let address = router
-            .workers()
-            .get(ticket.worker())
-            .map(|w| w.spec.address.clone())
-            .unwrap_or_default();
-        drop(router);
-        match transition {
-            Some(Transition::Opened) => {
-                tracing::warn!(worker = %address, "circuit open: worker failing")
-            }
-            Some(Transition::Closed) => {
-                tracing::info!(worker = %address, "circuit closed: worker answers again")
-            }
-            None => {}
-        }
+        let transition = self.shared.router().record_result(ticket, success, now);
+        log_transition(&self.shared, ticket.worker(), transition);
     }
 
     /// Releases the ticket now.
@@ -147,6 +136,25 @@ impl TicketGuard {
     fn complete(&mut self) {
         if let Some(ticket) = self.ticket.take() {
             self.shared.router().complete(ticket);
+        }
+    }
+}
+
+/// Logs a circuit opening or closing on `worker`.
+fn log_transition(shared: &Shared, worker: WorkerId, transition: Option<Transition>) {
+    let Some(transition) = transition else {
+        return;
+    };
+    let address = shared
+        .router()
+        .workers()
+        .get(worker)
+        .map(|w| w.spec.address.clone())
+        .unwrap_or_default();
+    match transition {
+        Transition::Opened => tracing::warn!(worker = %address, "circuit open: worker failing"),
+        Transition::Closed => {
+            tracing::info!(worker = %address, "circuit closed: worker answers again")
         }
     }
 }

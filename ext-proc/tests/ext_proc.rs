@@ -443,18 +443,7 @@ async fn ticket_is_released_at_response_end_and_when_the_stream_drops() {
 
     // 2. Released when the client drops the stream mid-request (after the decision).
     let mut s = Session::open(&running).await;
-    s.send(request_headers(
-        "POST",
-        "/v1/completions",
-        &[],
-        false,
-        BodySendMode::Buffered,
-        None,
-    ))
-    .await;
-    let _ = s.recv().await;
-    s.send(request_body(COMPLETION, true)).await;
-    let _ = s.recv().await;
+    let _ = s.route_buffered("/v1/completions", COMPLETION).await;
     assert_eq!(in_flight(&running).await, 1);
     drop(s);
     wait_until(|| async { in_flight(&running).await == 0 }).await;
@@ -539,5 +528,25 @@ async fn without_protocol_config_headers_are_answered_and_the_body_routed() {
         Some(w1.addr.to_string().as_str())
     );
     drop(s);
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn streams_ending_without_a_response_do_not_trip_the_circuit() {
+    let w1 = FakeWorker::start(&["m"]).await;
+    let mut cfg = config(&[&w1]);
+    cfg.router.circuit.consecutive_failures = 2;
+    let running = start(cfg, 1).await;
+    // Clients that leave before the response, or Envoy skipping response headers: no result
+    // either way (a failed upstream reaches kvroute as Envoy's 5xx response headers).
+    for _ in 0..5 {
+        let mut s = Session::open(&running).await;
+        let r = s.route_buffered("/v1/completions", COMPLETION).await;
+        assert_eq!(metadata_destination(&r), w1.addr.to_string());
+        drop(s);
+        wait_until(|| async { in_flight(&running).await == 0 }).await;
+    }
+    let w = workers(&running).await.remove(0);
+    assert_eq!(w["circuit"], "closed", "{w}");
     running.shutdown().await;
 }

@@ -56,22 +56,31 @@ impl LimitsConfig {
 /// Whether the JSON text `body` nests arrays and objects deeper than `limit`. A linear scan
 /// that skips strings (and escapes in them); it does not validate the JSON.
 pub fn json_too_deep(body: &[u8], limit: usize) -> bool {
+    if body.len() <= limit {
+        return false;
+    }
     let mut depth = 0usize;
-    let mut in_string = false;
-    let mut escaped = false;
-    for &b in body {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if b == b'\\' {
-                escaped = true;
-            } else if b == b'"' {
-                in_string = false;
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                // Jump from quote or backslash to the next one: prompts are mostly string
+                // bytes, scanned here at memchr speed.
+                i += 1;
+                loop {
+                    match memchr::memchr2(b'"', b'\\', &body[i..]) {
+                        None => return false,
+                        Some(at) if body[i + at] == b'\\' => i += at + 2,
+                        Some(at) => {
+                            i += at;
+                            break;
+                        }
+                    }
+                    if i >= body.len() {
+                        return false;
+                    }
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
                 if depth > limit {
@@ -81,6 +90,7 @@ pub fn json_too_deep(body: &[u8], limit: usize) -> bool {
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     false
 }
@@ -96,6 +106,49 @@ mod tests {
         assert!(!json_too_deep(br#"{"a":"[[[[[[\"[[[["}"#, 1));
         let bomb = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(json_too_deep(bomb.as_bytes(), 128));
+    }
+
+    /// The byte-at-a-time scan the fast one must agree with.
+    fn reference_depth_scan(body: &[u8], limit: usize) -> bool {
+        let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+        for &b in body {
+            if in_string {
+                if escaped {
+                    escaped = false;
+                } else if b == b'\\' {
+                    escaped = true;
+                } else if b == b'"' {
+                    in_string = false;
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_string = true,
+                b'[' | b'{' => {
+                    depth += 1;
+                    if depth > limit {
+                        return true;
+                    }
+                }
+                b']' | b'}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        false
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_scan_matches_the_byte_scan(
+            body in proptest::collection::vec(
+                proptest::sample::select(b"[]{}\"\\a ".to_vec()), 0..64),
+            limit in 0usize..6,
+        ) {
+            proptest::prop_assert_eq!(
+                json_too_deep(&body, limit),
+                reference_depth_scan(&body, limit)
+            );
+        }
     }
 
     #[test]

@@ -96,13 +96,17 @@ impl Rule {
     }
 
     fn matches(&self, worker: &WorkerSpec, route: ApiRoute, stream: bool) -> bool {
+        self.matches_target(worker, route) && self.when_stream.is_none_or(|s| s == stream)
+    }
+
+    /// [`Rule::matches`] before the body is read (`stream` unknown).
+    fn matches_target(&self, worker: &WorkerSpec, route: ApiRoute) -> bool {
         (self.engines.is_empty() || self.engines.contains(&worker.engine))
             && self
                 .labels
                 .iter()
                 .all(|(k, v)| worker.labels.get(k) == Some(v))
             && (self.apis.is_empty() || self.apis.iter().any(|a| a == route.as_str()))
-            && self.when_stream.is_none_or(|s| s == stream)
     }
 
     /// Applies the rule to `body`; returns whether anything changed.
@@ -195,14 +199,14 @@ impl Normalizer {
 
     /// Whether `body` may hold a field some rule acts on (a cheap scan before parsing).
     fn may_apply(&self, body: &[u8]) -> bool {
-        let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        let contains = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
         contains(b"\\u") || self.triggers.iter().any(|t| contains(t))
     }
 
     /// The body `worker` should receive for a request of `route`, or `None` when the body is
     /// fine as it is (or is not a JSON object). Fields no rule touches are kept.
     pub fn normalize(&self, worker: &WorkerSpec, route: ApiRoute, body: &[u8]) -> Option<Vec<u8>> {
-        if self.rules.is_empty() || !self.may_apply(body) {
+        if !self.rules.iter().any(|r| r.matches_target(worker, route)) || !self.may_apply(body) {
             return None;
         }
         let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {

@@ -358,14 +358,20 @@ impl Router {
     }
 
     /// The proxy reported that the request was served by `address` (a retry may have walked
-    /// the fallback list): move the in-flight count there.
-    pub fn served_by(&mut self, ticket: &mut Ticket, address: &str) {
-        let Some(served) = self.workers.by_address(address).map(|w| w.id) else {
-            return;
-        };
+    /// the fallback list): move the in-flight count there. Serving elsewhere means the proxy
+    /// gave up on the pick (refused, reset or timed out), which counts as a failure of the
+    /// pick for its circuit breaker; the returned transition is that circuit's.
+    pub fn served_by(
+        &mut self,
+        ticket: &mut Ticket,
+        address: &str,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        let served = self.workers.by_address(address).map(|w| w.id)?;
         if served == ticket.worker {
-            return;
+            return None;
         }
+        let transition = self.record_result(ticket, false, now_ms);
         if let Some(w) = self.workers.get_mut(ticket.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
         }
@@ -373,6 +379,7 @@ impl Router {
             w.in_flight += 1;
         }
         ticket.worker = served;
+        transition
     }
 
     /// The request ended (finished, failed, reset or abandoned): release its in-flight count.

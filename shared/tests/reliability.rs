@@ -1,6 +1,7 @@
 //! Failure handling in the core: ejection purges the cache-aware index, the circuit breaker
 //! keeps failing workers out and lets them back, the global in-flight limit sheds with 429.
 
+use kvroute_core::circuit::Transition;
 use kvroute_core::{
     ApiRoute, CircuitConfig, CircuitState, Gateway, GatewayConfig, LimitsConfig, Outcome,
     PolicyConfig, Prompt, RouteRequest, Router, RouterConfig, WorkerId, WorkerSpec,
@@ -158,4 +159,44 @@ fn global_in_flight_limit_sheds_with_429_and_retry_after() {
         gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0),
         Outcome::Forward(_)
     ));
+}
+
+#[test]
+fn serving_elsewhere_moves_the_count_and_fails_the_pick() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 2,
+        cooldown_ms: 1_000,
+    };
+    let (mut r, ids) = router("round_robin", circuit);
+    let prompt = Prompt::Text("x".into());
+    let mut opened = None;
+    for _ in 0..2 {
+        // Route until `ids[0]` is picked, then report the retry that served it elsewhere.
+        let mut routed = loop {
+            let routed = r.route(&request(&prompt), None, 0).unwrap();
+            if routed.ticket.worker() == ids[0] {
+                break routed;
+            }
+            r.complete(routed.ticket);
+        };
+        opened = r.served_by(&mut routed.ticket, "10.0.0.2:8000", 0);
+        assert_eq!(routed.ticket.worker(), ids[1]);
+        assert_eq!(r.workers().get(ids[0]).unwrap().in_flight, 0);
+        assert_eq!(r.workers().get(ids[1]).unwrap().in_flight, 1);
+        r.complete(routed.ticket);
+    }
+    assert_eq!(opened, Some(Transition::Opened));
+    assert!(matches!(
+        r.circuit_state(ids[0], 0),
+        CircuitState::Open { .. }
+    ));
+    // Served where it was sent, or by an unknown address: nothing moves, nothing fails.
+    let mut routed = r.route(&request(&prompt), None, 0).unwrap();
+    let pick = routed.ticket.worker();
+    let address = r.workers().get(pick).unwrap().spec.address.clone();
+    assert_eq!(r.served_by(&mut routed.ticket, &address, 0), None);
+    assert_eq!(r.served_by(&mut routed.ticket, "10.9.9.9:1", 0), None);
+    assert_eq!(routed.ticket.worker(), pick);
+    assert_eq!(r.circuit_state(pick, 0), CircuitState::Closed);
+    r.complete(routed.ticket);
 }

@@ -188,7 +188,10 @@ impl HttpContext for Filter {
         {
             let mut state = vm.borrow_mut();
             if state.router.workers().by_address(&served).is_some() {
-                state.router.served_by(&mut flight.ticket, &served);
+                // A retry away from the pick also feeds the pick's circuit breaker.
+                let _ = state
+                    .router
+                    .served_by(&mut flight.ticket, &served, crate::vm::now_ms());
                 state.moved(&flight.address, &served);
                 flight.address = served;
             }

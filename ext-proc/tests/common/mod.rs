@@ -179,6 +179,23 @@ impl Session {
             .expect("stream closed")
     }
 
+    /// Sends a buffered POST to `path` (headers, then `body` in one message) the way Envoy
+    /// does, and returns kvroute's answer to the body.
+    pub async fn route_buffered(&mut self, path: &str, body: &[u8]) -> ProcessingResponse {
+        self.send(request_headers(
+            "POST",
+            path,
+            &[],
+            false,
+            BodySendMode::Buffered,
+            None,
+        ))
+        .await;
+        let _ = self.recv().await;
+        self.send(request_body(body, true)).await;
+        self.recv().await
+    }
+
     /// `None` if nothing arrives within `ms`.
     pub async fn try_recv(&mut self, ms: u64) -> Option<ProcessingResponse> {
         tokio::time::timeout(Duration::from_millis(ms), self.rx.message())

@@ -36,6 +36,8 @@ pub struct EnvoyLayout {
     /// Connect to kvroute over mutual TLS with these files (adds the `kvroute` cluster's
     /// `transport_socket`, as documented in `envoy/README.md`).
     pub kvroute_tls: Option<ClientTls>,
+    /// Overrides the routes' `retry_policy.per_try_timeout` (for instance `"1s"`).
+    pub per_try_timeout: Option<String>,
 }
 
 /// Returns `template` (an Envoy bootstrap in YAML) rewritten for `layout`; admin on an
@@ -49,6 +51,9 @@ pub fn render_envoy_config(template: &str, layout: &EnvoyLayout) -> anyhow::Resu
     )?;
     if layout.body_mode == BodyMode::FullDuplexStreamed {
         set_full_duplex(config.listener("gateway")?)?;
+    }
+    if let Some(timeout) = &layout.per_try_timeout {
+        set_per_try_timeout(config.listener("gateway")?, timeout)?;
     }
     config.cluster_endpoints("kvroute", &[layout.kvroute_grpc])?;
     if let Some(tls) = &layout.kvroute_tls {
@@ -240,8 +245,13 @@ fn socket_json(addr: SocketAddr) -> serde_json::Value {
     json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } })
 }
 
-/// Switches every ext_proc filter of the listener to `FULL_DUPLEX_STREAMED` request bodies.
-fn set_full_duplex(listener: &mut Value) -> anyhow::Result<()> {
+/// Calls `edit` with the connection manager's `typed_config` of every filter chain of
+/// `listener`; fails with `what` when there is none.
+fn edit_connection_managers(
+    listener: &mut Value,
+    what: &str,
+    mut edit: impl FnMut(&mut Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut found = false;
     for chain in field(listener, "filter_chains")?
         .as_sequence_mut()
@@ -251,20 +261,59 @@ fn set_full_duplex(listener: &mut Value) -> anyhow::Result<()> {
             field(chain, "filters")?,
             "envoy.filters.network.http_connection_manager",
         )?;
-        let filters = field(field(hcm, "typed_config")?, "http_filters")?;
-        let ext_proc = named(filters, "envoy.filters.http.ext_proc")?;
-        let mode = field(field(ext_proc, "typed_config")?, "processing_mode")?;
-        let mode = mode
-            .as_mapping_mut()
-            .ok_or_else(|| anyhow!("Envoy config: processing_mode is not a mapping"))?;
-        mode.insert("request_body_mode".into(), "FULL_DUPLEX_STREAMED".into());
-        mode.insert("request_trailer_mode".into(), "SEND".into());
+        edit(field(hcm, "typed_config")?)?;
         found = true;
     }
     if !found {
-        bail!("Envoy config: no filter chain to switch to FULL_DUPLEX_STREAMED");
+        bail!("Envoy config: no filter chain to {what}");
     }
     Ok(())
+}
+
+/// The ext_proc filter's `typed_config` in a connection manager's `typed_config`.
+fn ext_proc_config(hcm: &mut Value) -> anyhow::Result<&mut serde_yaml_ng::Mapping> {
+    let filters = field(hcm, "http_filters")?;
+    field(
+        named(filters, "envoy.filters.http.ext_proc")?,
+        "typed_config",
+    )?
+    .as_mapping_mut()
+    .ok_or_else(|| anyhow!("Envoy config: ext_proc typed_config is not a mapping"))
+}
+
+/// Switches every ext_proc filter of the listener to `FULL_DUPLEX_STREAMED` request bodies.
+fn set_full_duplex(listener: &mut Value) -> anyhow::Result<()> {
+    edit_connection_managers(listener, "switch to FULL_DUPLEX_STREAMED", |hcm| {
+        let mode = ext_proc_config(hcm)?
+            .get_mut("processing_mode")
+            .and_then(Value::as_mapping_mut)
+            .ok_or_else(|| anyhow!("Envoy config: processing_mode is not a mapping"))?;
+        mode.insert("request_body_mode".into(), "FULL_DUPLEX_STREAMED".into());
+        mode.insert("request_trailer_mode".into(), "SEND".into());
+        Ok(())
+    })
+}
+
+/// Sets `per_try_timeout` in the retry policy of every route of `listener`.
+fn set_per_try_timeout(listener: &mut Value, timeout: &str) -> anyhow::Result<()> {
+    edit_connection_managers(listener, "set per_try_timeout on", |hcm| {
+        let route_config = field(hcm, "route_config")?;
+        for host in field(route_config, "virtual_hosts")?
+            .as_sequence_mut()
+            .ok_or_else(|| anyhow!("Envoy config: virtual_hosts is not a list"))?
+        {
+            for route in field(host, "routes")?
+                .as_sequence_mut()
+                .ok_or_else(|| anyhow!("Envoy config: routes is not a list"))?
+            {
+                field(field(route, "route")?, "retry_policy")?
+                    .as_mapping_mut()
+                    .ok_or_else(|| anyhow!("Envoy config: retry_policy is not a mapping"))?
+                    .insert("per_try_timeout".into(), timeout.into());
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Sets `failure_mode_allow` of every ext_proc filter in a rendered config: `false` is the
@@ -273,28 +322,9 @@ pub fn set_failure_mode_allow(rendered: &str, allow: bool) -> anyhow::Result<Str
     let mut doc: Value = serde_yaml_ng::from_str(rendered).context("Envoy config is not YAML")?;
     let resources = field(&mut doc, "static_resources")?;
     let listener = named(field(resources, "listeners")?, "gateway")?;
-    let mut found = false;
-    for chain in field(listener, "filter_chains")?
-        .as_sequence_mut()
-        .ok_or_else(|| anyhow!("Envoy config: filter_chains is not a list"))?
-    {
-        let hcm = named(
-            field(chain, "filters")?,
-            "envoy.filters.network.http_connection_manager",
-        )?;
-        let filters = field(field(hcm, "typed_config")?, "http_filters")?;
-        let ext_proc = field(
-            named(filters, "envoy.filters.http.ext_proc")?,
-            "typed_config",
-        )?;
-        ext_proc
-            .as_mapping_mut()
-            .ok_or_else(|| anyhow!("Envoy config: ext_proc typed_config is not a mapping"))?
-            .insert("failure_mode_allow".into(), allow.into());
-        found = true;
-    }
-    if !found {
-        bail!("Envoy config: no ext_proc filter to set failure_mode_allow on");
-    }
+    edit_connection_managers(listener, "set failure_mode_allow on", |hcm| {
+        ext_proc_config(hcm)?.insert("failure_mode_allow".into(), allow.into());
+        Ok(())
+    })?;
     serde_yaml_ng::to_string(&doc).context("cannot serialize the rendered Envoy config")
 }

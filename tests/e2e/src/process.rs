@@ -128,6 +128,15 @@ impl Proc {
         }
     }
 
+    /// Sends `signal` (a `kill -s` name such as `STOP` or `CONT`) to the process.
+    pub fn signal(&self, signal: &str) -> anyhow::Result<()> {
+        let status = std::process::Command::new("kill")
+            .args(["-s", signal, &self.pid().to_string()])
+            .status()?;
+        anyhow::ensure!(status.success(), "kill -s {signal} {}: {status}", self.name);
+        Ok(())
+    }
+
     /// Kills the process (SIGKILL) and reaps it; harmless if it already exited.
     pub fn kill(&mut self) {
         if let Ok(None) = self.child.try_wait() {

@@ -36,6 +36,7 @@ pub struct StackBuilder {
     engine_specs: Vec<EngineSpec>,
     kvroute_tls: bool,
     fail_closed: bool,
+    per_try_timeout: Option<String>,
     sim_args: Vec<(usize, Vec<String>)>,
     unready: Vec<usize>,
     all_sim_args: Vec<String>,
@@ -67,6 +68,12 @@ impl StackBuilder {
     /// Renders the Envoy config with `failure_mode_allow: false` (fail-closed variant).
     pub fn fail_closed(mut self) -> Self {
         self.fail_closed = true;
+        self
+    }
+
+    /// Renders the Envoy routes with this `retry_policy.per_try_timeout` (e.g. `"1s"`).
+    pub fn per_try_timeout(mut self, timeout: &str) -> Self {
+        self.per_try_timeout = Some(timeout.to_string());
         self
     }
 
@@ -174,6 +181,7 @@ impl StackBuilder {
             envoy_config: self.envoy_config.clone(),
             body_mode: self.body_mode,
             kvroute_tls: None,
+            per_try_timeout: self.per_try_timeout.clone(),
             client: http_client(false)?,
             sim_bin: sim_bin.clone(),
         };
@@ -273,6 +281,7 @@ impl StackBuilder {
             engines: stack.sims.iter().map(|s| s.addr).collect(),
             body_mode: self.body_mode,
             kvroute_tls: stack.kvroute_tls.clone(),
+            per_try_timeout: self.per_try_timeout.clone(),
         };
         stack.envoy = Some(
             Envoy::start(
@@ -354,6 +363,7 @@ pub struct Stack {
     body_mode: BodyMode,
     /// Envoy's client side of kvroute's mutual TLS, when the stack uses it.
     kvroute_tls: Option<crate::certs::ClientTls>,
+    per_try_timeout: Option<String>,
     client: reqwest::Client,
     sim_bin: PathBuf,
 }
@@ -485,6 +495,7 @@ impl Stack {
             engine_specs: Vec::new(),
             kvroute_tls: false,
             fail_closed: false,
+            per_try_timeout: None,
             sim_args: Vec::new(),
             unready: Vec::new(),
             all_sim_args: Vec::new(),
@@ -566,6 +577,7 @@ impl Stack {
             engines: self.sims.iter().map(|s| s.addr).collect(),
             body_mode: self.body_mode,
             kvroute_tls: self.kvroute_tls.clone(),
+            per_try_timeout: self.per_try_timeout.clone(),
         };
         let envoy = Envoy::start(
             &format!("envoy-{name}"),
@@ -615,6 +627,25 @@ impl Stack {
             sim.proc.kill();
             sim.alive = false;
         }
+    }
+
+    /// Freezes engine `index` (SIGSTOP): the kernel still accepts its connections and
+    /// requests, nothing answers, like a hung engine process.
+    pub fn pause_sim(&self, index: usize) -> anyhow::Result<()> {
+        let sim = self
+            .sims
+            .get(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        sim.proc.signal("STOP")
+    }
+
+    /// Lets frozen engine `index` run again (SIGCONT).
+    pub fn resume_sim(&self, index: usize) -> anyhow::Result<()> {
+        let sim = self
+            .sims
+            .get(index)
+            .ok_or_else(|| anyhow!("no engine {index}"))?;
+        sim.proc.signal("CONT")
     }
 
     /// Starts killed engine `index` again on the same port with the same arguments (a

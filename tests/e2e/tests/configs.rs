@@ -34,6 +34,7 @@ fn layout(body_mode: BodyMode) -> EnvoyLayout {
         engines: vec![addr(18101), addr(18102)],
         body_mode,
         kvroute_tls: None,
+        per_try_timeout: None,
     }
 }
 

@@ -1,5 +1,5 @@
-//! Failure handling through the real Envoy: start-up, dead and failing engines, kvroute
-//! crashes with fail-open and fail-closed configs, slow health endpoints, drains.
+//! Failure handling through the real Envoy: start-up, dead, hung and failing engines,
+//! kvroute crashes with fail-open and fail-closed configs, slow health endpoints, drains.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -127,6 +127,124 @@ async fn killed_worker_under_cache_aware_load_loses_nothing_and_comes_back() -> 
     assert!(
         back,
         "the restarted engine {victim_addr} never got traffic again"
+    );
+    stack
+        .wait_workers(Duration::from_secs(10), |ws| {
+            ws.iter().all(|w| w["in_flight"] == 0)
+        })
+        .await?;
+    Ok(())
+}
+
+/// Envoy's counter `name` from its `/stats`.
+async fn envoy_counter(stack: &Stack, name: &str) -> anyhow::Result<u64> {
+    let text = stack
+        .client()
+        .get(stack.envoy_admin_url("/stats"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix(": ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .ok_or_else(|| anyhow::anyhow!("no counter {name} in Envoy's stats"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_engine_is_timed_out_retried_and_ejected() -> anyhow::Result<()> {
+    // Engine 0 freezes (SIGSTOP): its kernel still accepts connections and requests, nothing
+    // answers, not even /health. Requests already sent there must be retried elsewhere after
+    // the per-try timeout, the probes must eject it, and nothing else may stall.
+    const INTERVAL_MS: u64 = 300;
+    let stack = Stack::builder("hung_engine_is_timed_out_retried_and_ejected")
+        .engines(3)
+        .policy("round_robin")
+        .health_interval_ms(INTERVAL_MS)
+        .kvroute_config("health: {timeout_ms: 300}\n")
+        .per_try_timeout("1s")
+        .start()
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let handles = load(&stack, 3, stop.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    stack.pause_sim(0)?;
+    let paused = Instant::now();
+    let hung = &stack.sims()[0];
+    stack
+        .wait_workers(Duration::from_secs(10), |ws| {
+            Stack::worker_entry(ws, hung).is_some_and(|w| w["healthy"] == false)
+        })
+        .await?;
+    let ejected_after = paused.elapsed();
+    // While it hangs, requests are answered at the healthy engines' pace.
+    let mut latencies = Vec::new();
+    for i in 0..20 {
+        let started = Instant::now();
+        let resp = stack
+            .post(
+                "/v1/chat/completions",
+                &chat_body(MODEL, &format!("while hung {i}"), false, 2),
+            )
+            .await?;
+        latencies.push(started.elapsed());
+        assert_eq!(resp.status(), 200);
+        assert_ne!(sim_id(&resp), "sim-0", "routed to the ejected engine");
+    }
+    latencies.sort();
+    let median = latencies[latencies.len() / 2];
+    // Nothing is sent there after the ejection: every try still stuck on it times out
+    // (1 s) before it may answer again.
+    tokio::time::sleep(
+        Duration::from_millis(1500).saturating_sub(paused.elapsed() - ejected_after),
+    )
+    .await;
+
+    stack.resume_sim(0)?;
+    let hung = &stack.sims()[0];
+    stack
+        .wait_workers(Duration::from_secs(10), |ws| {
+            Stack::worker_entry(ws, hung).is_some_and(|w| w["healthy"] == true)
+        })
+        .await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let results = collect(handles).await?;
+    let timeouts = envoy_counter(&stack, "cluster.engines.upstream_rq_per_try_timeout").await?;
+    let retries = envoy_counter(&stack, "cluster.engines.upstream_rq_retry").await?;
+    println!(
+        "ejected after {ejected_after:?}; median while hung {median:?}; per-try timeouts \
+         {timeouts}, retries {retries}; {} requests: {:?}",
+        results.len(),
+        per_engine(&results)
+    );
+    assert!(
+        failed(&results).is_empty(),
+        "failed: {:?}",
+        failed(&results)
+    );
+    // Round robin sent requests to the engine before the probes ejected it: they timed out
+    // and were retried elsewhere, none answered by the hung engine until it came back.
+    assert!(
+        timeouts >= 1,
+        "no request hit the hung engine's per-try timeout"
+    );
+    assert!(retries >= timeouts, "timed-out tries were not retried");
+    let bound = Duration::from_millis(2 * INTERVAL_MS + 2 * 300 + 1500);
+    assert!(
+        ejected_after <= bound,
+        "ejected after {ejected_after:?} > {bound:?}"
+    );
+    assert!(median < Duration::from_millis(500), "median {median:?}");
+    assert!(
+        per_engine(&results).get("sim-0").copied().unwrap_or(0) > 0,
+        "the engine never served before or after the hang"
     );
     stack
         .wait_workers(Duration::from_secs(10), |ws| {

@@ -210,3 +210,76 @@ async fn global_in_flight_limit_sheds_with_429_and_retry_after() -> anyhow::Resu
     assert_eq!(resp.status(), 200);
     Ok(())
 }
+
+/// Decisions that missed their deadline and let the request through.
+async fn missed(stack: &Stack) -> anyhow::Result<f64> {
+    stack
+        .kvroute_metric("kvroute_decisions_total", &[("outcome", "deadline_missed")])
+        .await
+}
+
+/// A chat whose prompt is `bytes` long.
+fn chat_of_size(bytes: usize) -> Value {
+    chat_body(MODEL, &"long prompt text. ".repeat(bytes / 18), false, 2)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decision_deadline_rejects_or_fails_open() -> anyhow::Result<()> {
+    // The deadline counts from the decision's start, parsing included: parsing a 2 MiB body
+    // (in these unoptimized test builds) takes far longer than 5 ms, a short one far less.
+    // The engines take prompts that long, so a request let through is answered.
+    let mut stack = Stack::builder("decision_deadline_rejects_or_fails_open")
+        .engines(2)
+        .time_scale(0.01)
+        .all_sim_args(&["--context-length", "4000000", "--kv-blocks", "300000"])
+        .kvroute_config("limits: {decision_timeout_ms: 5, on_decision_timeout: reject}\n")
+        .start()
+        .await?;
+    let small = chat_body(MODEL, "short prompt", false, 2);
+    let huge = chat_of_size(2 << 20);
+    let resp = stack.post("/v1/chat/completions", &small).await?;
+    assert_eq!(resp.status(), 200);
+
+    let resp = stack.post("/v1/chat/completions", &huge).await?;
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = resp.json().await?;
+    assert_eq!(body["error"]["code"], "decision_timeout", "{body}");
+    assert_eq!(
+        missed(&stack).await?,
+        0.0,
+        "a rejected request is a 5xx decision"
+    );
+    let resp = stack.post("/v1/chat/completions", &small).await?;
+    assert_eq!(
+        resp.status(),
+        200,
+        "kvroute stopped routing after a missed deadline"
+    );
+
+    // fail_open: the late request goes through unrouted (Envoy's fallback policy picks).
+    stack
+        .set_config("limits: {decision_timeout_ms: 5, on_decision_timeout: fail_open}\n")
+        .await?;
+    let resp = stack.post("/v1/chat/completions", &huge).await?;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await?;
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64() > Some(400_000),
+        "{body}"
+    );
+    assert_eq!(missed(&stack).await?, 1.0);
+    let resp = stack.post("/v1/chat/completions", &small).await?;
+    assert_eq!(resp.status(), 200);
+    stack
+        .wait_workers(Duration::from_secs(10), |ws| {
+            ws.iter().all(|w| w["in_flight"] == 0)
+        })
+        .await?;
+    Ok(())
+}

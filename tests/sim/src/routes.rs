@@ -22,6 +22,9 @@ pub const SIM_ID_HEADER: &str = "x-kvroute-sim-id";
 
 type Shared = State<Arc<Engine>>;
 
+/// Largest request body accepted (what a million-token context needs as text).
+const MAX_BODY_BYTES: usize = 64 << 20;
+
 /// Builds the router for the engine's dialect.
 pub fn router(engine: Arc<Engine>) -> Router {
     let mut r = Router::new()
@@ -48,7 +51,9 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .id
         .as_deref()
         .and_then(|v| HeaderValue::from_str(v).ok());
-    let r = crate::fault::install(r.with_state(engine), Arc::default());
+    // Real engines take prompts as long as their context (no 2 MB default body cap).
+    let r = crate::fault::install(r.with_state(engine), Arc::default())
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES));
     match id {
         Some(value) => r.layer(axum::middleware::map_response(move |mut res: Response| {
             let value = value.clone();
