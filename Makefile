@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing soak clean
+.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing bench-real soak clean
 
 all: build
 
@@ -54,6 +54,11 @@ bench-overhead: setup
 bench-routing:
 	scripts/setup-envoy.sh >/dev/null
 	scripts/bench-routing.sh
+## The routing cross-check on real engines: two llama.cpp servers on CPU (built from PyPI on
+## first use, about 6 minutes), round robin vs kvroute policies; reports under .run/bench-real/.
+bench-real:
+	scripts/setup-envoy.sh >/dev/null
+	scripts/bench-real.sh
 ## Soak run through Envoy + kvroute + engines with faults (`SOAK_SECS=3600 make soak`; the
 ## CI-sized 60 s form runs in `make test`). Report: target/e2e-logs/soak/report.json.
 SOAK_SECS ?= 600

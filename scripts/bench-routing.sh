@@ -84,7 +84,7 @@ for i in "${!ENGINE_PORTS[@]}"; do
   start "$run_dir/engine-$((i + 1)).log" "$sim" --port "$port" --engine vllm --model "$MODEL" \
     --id "engine-$((i + 1))" --block-size 16 --kv-blocks "$kv_blocks" --chars-per-token 4 \
     --prefill-overhead-ms 3 --prefill-us-per-token 20 --decode-us-per-token 2000 \
-    --max-running 64 --time-scale 1
+    --max-running 64 --serial-prefill --time-scale 1
   engine_urls+=("http://127.0.0.1:$port")
 done
 for i in "${!ENGINE_PORTS[@]}"; do

@@ -78,6 +78,11 @@ pub struct SimConfig {
     /// Each other running request stretches prefill and decode by this fraction.
     #[arg(long, default_value_t = 0.02)]
     pub load_factor: f64,
+    /// Prefill compute is one queue per engine, as on a GPU (prefill is compute-bound):
+    /// concurrent prefills run one after another instead of side by side, so cache misses
+    /// under load delay every request's first token.
+    #[arg(long)]
+    pub serial_prefill: bool,
     /// Delay before `/health` answers, in milliseconds.
     #[arg(long, default_value_t = 0)]
     pub health_delay_ms: u64,
@@ -154,6 +159,7 @@ impl Default for SimConfig {
             decode_us_per_token: 10_000.0,
             max_running: 64,
             load_factor: 0.02,
+            serial_prefill: false,
             health_delay_ms: 0,
             seed: 0,
             time_scale: 1.0,

@@ -88,6 +88,8 @@ pub struct Engine {
     pub stats: Stats,
     cache: Mutex<KvCache>,
     slots: Arc<Semaphore>,
+    /// When the prefill compute queue drains (`--serial-prefill`).
+    prefill_free_at: Mutex<Instant>,
     next_id: AtomicU64,
     started_unix: u64,
 }
@@ -107,6 +109,7 @@ impl Engine {
         Engine {
             cache: Mutex::new(KvCache::new(capacity, cfg.block_size, sink)),
             slots: Arc::new(Semaphore::new(cfg.max_running as usize)),
+            prefill_free_at: Mutex::new(Instant::now()),
             stats: Stats {
                 running: AtomicU64::new(0),
                 waiting: AtomicU64::new(0),
@@ -163,6 +166,22 @@ impl Engine {
         1.0 + self.cfg.load_factor.max(0.0) * (running - 1) as f64
     }
 
+    /// When a prefill needing `compute` that is ready now starts and finishes computing: at
+    /// once, or, with `--serial-prefill`, after the prefills queued before it.
+    fn schedule_prefill(&self, compute: Duration) -> (Instant, Instant) {
+        let now = Instant::now();
+        if !self.cfg.serial_prefill {
+            return (now, now + compute);
+        }
+        let mut free_at = self
+            .prefill_free_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let starts = (*free_at).max(now);
+        *free_at = starts + compute;
+        (starts, starts + compute)
+    }
+
     /// Queues, prefills and returns a generation whose first token is ready.
     /// Dropping the future or the generation releases the slot and the blocks.
     /// Returns `None` only if the engine's slot semaphore was closed.
@@ -172,7 +191,6 @@ impl Engine {
             let _waiting = GaugeGuard::inc(&self.stats.waiting);
             self.slots.clone().acquire_owned().await.ok()?
         };
-        let running = RunningGuard::new(self);
         let bs = self.cfg.block_size as usize;
         let hashes = &prompt.block_hashes;
         let (matched, looked_up) = {
@@ -184,7 +202,7 @@ impl Engine {
         let mut active = Active {
             engine: Arc::clone(self),
             _permit: permit,
-            _running: running,
+            _running: None,
             held: looked_up,
             private_blocks: 0,
             finished: false,
@@ -198,11 +216,21 @@ impl Engine {
         s.prefix_hits.fetch_add(cached as u64, Ordering::Relaxed);
 
         let uncached = (prompt.tokens - cached) as f64;
-        let prefill_us = (self.cfg.prefill_overhead_ms * 1000.0
-            + uncached * self.cfg.prefill_us_per_token)
-            * self.load_stretch();
-        let first_token_at = Instant::now() + self.cfg.scaled(prefill_us);
-        sleep_until(first_token_at).await;
+        let stretch = self.load_stretch();
+        let overhead = self
+            .cfg
+            .scaled(self.cfg.prefill_overhead_ms * 1000.0 * stretch);
+        let compute = self
+            .cfg
+            .scaled(uncached * self.cfg.prefill_us_per_token * stretch);
+        let (compute_starts, compute_done) = self.schedule_prefill(compute);
+        if compute_starts > Instant::now() {
+            // Queued behind other prefills: not scheduled yet, what vLLM reports as waiting.
+            let _waiting = GaugeGuard::inc(&self.stats.waiting);
+            sleep_until(compute_starts).await;
+        }
+        active._running = Some(RunningGuard::new(self));
+        sleep_until(compute_done + overhead).await;
 
         {
             let mut c = self.cache();
@@ -267,7 +295,8 @@ impl Drop for RunningGuard {
 struct Active {
     engine: Arc<Engine>,
     _permit: OwnedSemaphorePermit,
-    _running: RunningGuard,
+    /// Set once the request is scheduled (after any wait for prefill compute).
+    _running: Option<RunningGuard>,
     held: Vec<u64>,
     private_blocks: u64,
     finished: bool,

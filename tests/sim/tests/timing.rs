@@ -237,3 +237,65 @@ async fn hundreds_of_concurrent_streams_are_cheap() {
     let m = scrape(&c, &sim.url()).await;
     assert_eq!(m.value("vllm:generation_tokens_total", &[]), Some(6000.0));
 }
+
+/// Time to answer `n` concurrent distinct 2,048-token completions (1 output token each), and
+/// the most requests `/metrics` showed waiting meanwhile (with the running count then).
+async fn concurrent_misses(serial_prefill: bool, n: usize) -> (Vec<Duration>, (f64, f64)) {
+    let mut cfg = fast_config(EngineKind::Vllm);
+    cfg.prefill_overhead_ms = 0.0;
+    cfg.prefill_us_per_token = 1000.0;
+    cfg.time_scale = 0.1; // ~205 ms of prefill compute per request
+    cfg.load_factor = 0.0;
+    cfg.serial_prefill = serial_prefill;
+    let sim = start(cfg).await;
+    let c = client();
+    let url = format!("{}/v1/completions", sim.url());
+    let tasks: Vec<_> = (0..n)
+        .map(|i| {
+            let (c, url) = (c.clone(), url.clone());
+            let prompt = format!("{i} {}", "x".repeat(8190));
+            tokio::spawn(async move {
+                let t0 = Instant::now();
+                post_json(&c, &url, &json!({"prompt": prompt, "max_tokens": 1})).await;
+                t0.elapsed()
+            })
+        })
+        .collect();
+    // While they run: the most requests seen waiting, and how many ran meanwhile.
+    let mut most_waiting = (0.0, 0.0);
+    while !tasks.iter().all(|t| t.is_finished()) {
+        let m = scrape(&c, &sim.url()).await;
+        let waiting = m.value("vllm:num_requests_waiting", &[]).unwrap_or(0.0);
+        if waiting > most_waiting.0 {
+            let running = m.value("vllm:num_requests_running", &[]).unwrap_or(0.0);
+            most_waiting = (waiting, running);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.expect("request task"));
+    }
+    out.sort();
+    (out, most_waiting)
+}
+
+#[tokio::test]
+async fn serial_prefill_queues_concurrent_misses() {
+    // Side by side, three misses finish together; on one compute queue the last waits for
+    // the other two, and requests queued for compute are reported waiting, not running.
+    let (parallel, parallel_waiting) = concurrent_misses(false, 3).await;
+    let (serial, serial_waiting) = concurrent_misses(true, 3).await;
+    assert!(
+        parallel[2] < Duration::from_millis(380),
+        "parallel {parallel:?}"
+    );
+    assert_eq!(parallel_waiting.0, 0.0);
+    assert!(serial[0] < Duration::from_millis(380), "serial {serial:?}");
+    assert!(serial[2] >= Duration::from_millis(600), "serial {serial:?}");
+    assert_eq!(
+        serial_waiting,
+        (2.0, 1.0),
+        "(waiting, running) at the most waiting"
+    );
+}
