@@ -91,7 +91,9 @@ for i in "${!policies[@]}"; do
     echo "admin_addr: 127.0.0.1:$kv_admin"
     echo "router:"
     echo "  policy: {name: $policy}"
-    echo "health: {interval_ms: 1000, timeout_ms: 2000}"
+    # The llama.cpp server answers /v1/models only between requests (a cold 300-token
+    # prefill takes seconds): a probe timeout shorter than a request would eject busy servers.
+    echo "health: {interval_ms: 2000, timeout_ms: 30000}"
     echo "workers:"
     for port in "${ENGINE_PORTS[@]}"; do
       # No /health and no /metrics: engine kind `other`, probed on /v1/models.

@@ -11,6 +11,10 @@
 #   BENCH_CONCURRENCY (16)    sessions in flight
 #   BENCH_KV_BLOCKS (1280)    KV blocks of 16 tokens per engine
 #   BENCH_OUTPUT (64)         output tokens per request
+#   BENCH_PREFILL_US (20)     engine prefill cost per uncached token, microseconds
+#   BENCH_PROMPTS             prompts per group (default: the workload's, 16)
+#   BENCH_RATE                open loop: Poisson arrivals of this many requests/s (sessions
+#                             in flight capped at BENCH_CONCURRENCY); default closed loop
 #   BENCH_SCENARIOS           space-separated subset of: high-uniform high-zipf low-uniform multi-turn
 #   BENCH_POLICIES            ';'-separated kvroute policies (default: cache_aware;scorer); an
 #                             entry LABEL={name: scorer, ...} runs a tuned variant as LABEL
@@ -33,6 +37,10 @@ mt_scale=${BENCH_MT_SCALE:-0.5}
 concurrency=${BENCH_CONCURRENCY:-16}
 kv_blocks=${BENCH_KV_BLOCKS:-1280}
 output_tokens=${BENCH_OUTPUT:-64}
+prefill_us=${BENCH_PREFILL_US:-20}
+extra=()
+[ -z "${BENCH_PROMPTS:-}" ] || extra+=(--prompts-per-group "$BENCH_PROMPTS")
+[ -z "${BENCH_RATE:-}" ] || extra+=(--rate "$BENCH_RATE")
 read -r -a scenarios <<<"${BENCH_SCENARIOS:-high-uniform high-zipf low-uniform multi-turn}"
 IFS=';' read -r -a policies <<<"${BENCH_POLICIES:-cache_aware;scorer}"
 # A policy entry: LABEL=FLOW-YAML or a bare policy name.
@@ -83,7 +91,7 @@ for i in "${!ENGINE_PORTS[@]}"; do
   port=${ENGINE_PORTS[$i]}
   start "$run_dir/engine-$((i + 1)).log" "$sim" --port "$port" --engine vllm --model "$MODEL" \
     --id "engine-$((i + 1))" --block-size 16 --kv-blocks "$kv_blocks" --chars-per-token 4 \
-    --prefill-overhead-ms 3 --prefill-us-per-token 20 --decode-us-per-token 2000 \
+    --prefill-overhead-ms 3 --prefill-us-per-token "$prefill_us" --decode-us-per-token 2000 \
     --max-running 64 --serial-prefill --time-scale 1
   engine_urls+=("http://127.0.0.1:$port")
 done
@@ -149,7 +157,7 @@ for scenario in "${scenarios[@]}"; do
   [ "$scenario" != multi-turn ] || s=$mt_scale
   log "scenario $scenario: ${shape[*]} --scale $s --concurrency $concurrency"
   "$bench" run "${bench_args[@]}" --model "$MODEL" --api chat "${shape[@]}" \
-    --scale "$s" --output-tokens "$output_tokens" --concurrency "$concurrency" \
+    --scale "$s" --output-tokens "$output_tokens" --concurrency "$concurrency" "${extra[@]}" \
     --flush --timeout 120 --quiet \
     --report "$run_dir/$scenario.json" --plot "$run_dir/$scenario.svg" \
     | tee "$run_dir/$scenario.txt"
