@@ -118,7 +118,14 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .then(|| Subscribers::start(shared.clone(), config.kv_events.clone()));
 
     let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
-    let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()));
+    // A buffered body reaches kvroute as one message: tonic's 4 MiB default would fail the
+    // stream (and Envoy fail open, unrouted) for prompts under `gateway.max_body_bytes`.
+    let max_message = config
+        .gateway
+        .max_body_bytes
+        .saturating_add(MESSAGE_HEADROOM_BYTES);
+    let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()))
+        .max_decoding_message_size(max_message);
     let mut grpc_shutdown = shutdown_rx.clone();
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     if let Some(tls) = tls {
@@ -168,6 +175,9 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
 }
 
 type ExtProcServer = ExternalProcessorServer<ExtProcService>;
+
+/// Room in an ext_proc message beyond the body: headers, metadata, protobuf framing.
+const MESSAGE_HEADROOM_BYTES: usize = 1 << 20;
 
 impl Running {
     /// The line printed once both listeners are bound.

@@ -283,3 +283,27 @@ async fn decision_deadline_rejects_or_fails_open() -> anyhow::Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_up_to_the_body_limit_are_routed_in_both_body_modes() -> anyhow::Result<()> {
+    // 6 MiB: under kvroute's 8 MiB default body limit and Envoy's 8 MiB buffer, above gRPC's
+    // customary 4 MiB message limit (a buffered body travels to kvroute as one message).
+    for mode in [BodyMode::Buffered, BodyMode::FullDuplexStreamed] {
+        let stack = Stack::builder(&format!("prompts_up_to_the_body_limit_{mode:?}"))
+            .engines(2)
+            .body_mode(mode)
+            .time_scale(0.01)
+            .all_sim_args(&["--context-length", "4000000", "--kv-blocks", "300000"])
+            .start()
+            .await?;
+        let resp = stack
+            .post("/v1/chat/completions", &chat_of_size(6 << 20))
+            .await?;
+        assert_eq!(resp.status(), 200, "{mode:?}");
+        let routed = stack
+            .kvroute_metric("kvroute_decisions_total", &[("outcome", "forwarded")])
+            .await?;
+        assert_eq!(routed, 1.0, "{mode:?}: the long prompt bypassed kvroute");
+    }
+    Ok(())
+}
