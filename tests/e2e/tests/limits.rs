@@ -225,18 +225,19 @@ fn chat_of_size(bytes: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decision_deadline_rejects_or_fails_open() -> anyhow::Result<()> {
-    // The deadline counts from the decision's start, parsing included: parsing a 2 MiB body
-    // (in these unoptimized test builds) takes far longer than 5 ms, a short one far less.
+    // The deadline counts from the decision's start, parsing included: parsing a 4 MiB body
+    // (in these unoptimized test builds) takes about 50 ms, far over 10 ms; a short one well
+    // under 1 ms.
     // The engines take prompts that long, so a request let through is answered.
     let mut stack = Stack::builder("decision_deadline_rejects_or_fails_open")
         .engines(2)
         .time_scale(0.01)
         .all_sim_args(&["--context-length", "4000000", "--kv-blocks", "300000"])
-        .kvroute_config("limits: {decision_timeout_ms: 5, on_decision_timeout: reject}\n")
+        .kvroute_config("limits: {decision_timeout_ms: 10, on_decision_timeout: reject}\n")
         .start()
         .await?;
     let small = chat_body(MODEL, "short prompt", false, 2);
-    let huge = chat_of_size(2 << 20);
+    let huge = chat_of_size(4 << 20);
     let resp = stack.post("/v1/chat/completions", &small).await?;
     assert_eq!(resp.status(), 200);
 
@@ -264,7 +265,7 @@ async fn decision_deadline_rejects_or_fails_open() -> anyhow::Result<()> {
 
     // fail_open: the late request goes through unrouted (Envoy's fallback policy picks).
     stack
-        .set_config("limits: {decision_timeout_ms: 5, on_decision_timeout: fail_open}\n")
+        .set_config("limits: {decision_timeout_ms: 10, on_decision_timeout: fail_open}\n")
         .await?;
     let resp = stack.post("/v1/chat/completions", &huge).await?;
     assert_eq!(resp.status(), 200);
