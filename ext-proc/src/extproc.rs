@@ -28,8 +28,7 @@
 //!   right after the response headers, so the release would come far too early;
 //! - the same with response trailers `SEND`: the stream stays open until the HTTP stream ends
 //!   (released at the response's last byte, or when the client disconnects), with no message
-//!   per response chunk. This is the recommended setting
-//!   (`tests/fixtures/envoy-minimal.yaml`);
+//!   per response chunk. This is the shipped setting (`envoy/envoy.yaml`);
 //! - response body `FULL_DUPLEX_STREAMED` (+ trailers `SEND`) also works: every chunk is echoed
 //!   back and the last one (`end_of_stream`) releases, at the cost of one message per chunk.
 
