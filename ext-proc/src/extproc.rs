@@ -227,13 +227,10 @@ impl StreamHandler {
                 )
                 .and_then(|v| v.into_iter().next())
                 .or_else(|| proto::find_header(h.headers.as_ref(), SERVED_KEY).map(str::to_owned));
-                if let (Some(addr), Some(guard)) = (served, self.guard.as_mut()) {
-                    guard.served_by(&addr);
-                }
-                if let Some(guard) = self.guard.as_ref() {
+                if let Some(guard) = self.guard.as_mut() {
                     let status = proto::find_header(h.headers.as_ref(), ":status")
                         .and_then(|s| s.parse::<u16>().ok());
-                    guard.record_result(status.is_some_and(|s| s < 500));
+                    guard.response_started(served.as_deref(), status);
                 }
                 if h.end_of_stream {
                     self.release();

@@ -106,26 +106,20 @@ impl TicketGuard {
         }
     }
 
-    /// The proxy reported the endpoint that actually served the request (a retry away from
-    /// the pick counts as the pick's failure).
-    pub fn served_by(&mut self, address: &str) {
-        if let Some(ticket) = self.ticket.as_mut() {
-            let picked = ticket.worker();
-            let now = self.shared.now_ms();
-            let transition = self.shared.router().served_by(ticket, address, now);
-            log_transition(&self.shared, picked, transition);
-        }
-    }
-
-    /// Feeds the worker's circuit breaker with the request's result (a 5xx answer is a
-    /// failure).
-    pub fn record_result(&self, success: bool) {
-        let Some(ticket) = self.ticket.as_ref() else {
+    /// The proxy sent the response headers: the endpoint that served the request, if it
+    /// says, and the `:status` ([`Router::response_started`]).
+    pub fn response_started(&mut self, served: Option<&str>, status: Option<u16>) {
+        let Some(ticket) = self.ticket.as_mut() else {
             return;
         };
         let now = self.shared.now_ms();
-        let transition = self.shared.router().record_result(ticket, success, now);
-        log_transition(&self.shared, ticket.worker(), transition);
+        let transitions = self
+            .shared
+            .router()
+            .response_started(ticket, served, status, now);
+        for (worker, transition) in transitions {
+            log_transition(&self.shared, worker, transition);
+        }
     }
 
     /// Releases the ticket now.
@@ -141,10 +135,7 @@ impl TicketGuard {
 }
 
 /// Logs a circuit opening or closing on `worker`.
-fn log_transition(shared: &Shared, worker: WorkerId, transition: Option<Transition>) {
-    let Some(transition) = transition else {
-        return;
-    };
+fn log_transition(shared: &Shared, worker: WorkerId, transition: Transition) {
     let address = shared
         .router()
         .workers()

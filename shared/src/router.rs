@@ -382,6 +382,29 @@ impl Router {
         transition
     }
 
+    /// The proxy reported response headers for the request: the endpoint that served it (if
+    /// known) and the `:status`. Moves the count to the serving worker ([`Router::served_by`])
+    /// and feeds the serving worker's circuit breaker (a 5xx is a failure). Both shells call
+    /// this once per response; returns the circuit transitions it caused, by worker.
+    pub fn response_started(
+        &mut self,
+        ticket: &mut Ticket,
+        served: Option<&str>,
+        status: Option<u16>,
+        now_ms: u64,
+    ) -> Vec<(WorkerId, Transition)> {
+        let mut transitions = Vec::new();
+        let picked = ticket.worker;
+        if let Some(t) = served.and_then(|address| self.served_by(ticket, address, now_ms)) {
+            transitions.push((picked, t));
+        }
+        let success = status.is_some_and(|s| s < 500);
+        if let Some(t) = self.record_result(ticket, success, now_ms) {
+            transitions.push((ticket.worker, t));
+        }
+        transitions
+    }
+
     /// The request ended (finished, failed, reset or abandoned): release its in-flight count.
     pub fn complete(&mut self, ticket: Ticket) {
         if let Some(w) = self.workers.get_mut(ticket.worker) {

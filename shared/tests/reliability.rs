@@ -200,3 +200,47 @@ fn serving_elsewhere_moves_the_count_and_fails_the_pick() {
     assert_eq!(r.circuit_state(pick, 0), CircuitState::Closed);
     r.complete(routed.ticket);
 }
+
+#[test]
+fn response_headers_feed_the_circuit_of_the_worker_that_answered() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 2,
+        cooldown_ms: 1_000,
+    };
+    let (mut r, ids) = router("round_robin", circuit);
+    let prompt = Prompt::Text("x".into());
+    let pick = |r: &mut Router, id: WorkerId, now: u64| loop {
+        let routed = r.route(&request(&prompt), None, now).unwrap();
+        if routed.ticket.worker() == id {
+            break routed;
+        }
+        r.complete(routed.ticket);
+    };
+    // Two 5xx answers from worker 1 open its circuit.
+    for _ in 0..2 {
+        let mut routed = pick(&mut r, ids[0], 0);
+        let t = r.response_started(&mut routed.ticket, None, Some(503), 0);
+        r.complete(routed.ticket);
+        if !t.is_empty() {
+            assert_eq!(t, vec![(ids[0], Transition::Opened)]);
+        }
+    }
+    assert!(matches!(
+        r.circuit_state(ids[0], 0),
+        CircuitState::Open { .. }
+    ));
+    // After the cooldown, the trial is answered by worker 2 after a retry: worker 1's trial
+    // failed (open again), worker 2 answered 200 (stays closed), the count moved there.
+    let mut routed = pick(&mut r, ids[0], 1_000);
+    let t = r.response_started(&mut routed.ticket, Some("10.0.0.2:8000"), Some(200), 1_000);
+    assert_eq!(t, vec![(ids[0], Transition::Opened)]);
+    assert_eq!(routed.ticket.worker(), ids[1]);
+    assert_eq!(r.circuit_state(ids[1], 1_000), CircuitState::Closed);
+    r.complete(routed.ticket);
+    // A 200 from the worker itself after the next cooldown closes its circuit.
+    let mut routed = pick(&mut r, ids[0], 2_500);
+    let t = r.response_started(&mut routed.ticket, Some("10.0.0.1:8000"), Some(200), 2_500);
+    assert_eq!(t, vec![(ids[0], Transition::Closed)]);
+    r.complete(routed.ticket);
+    assert!(r.workers().iter().all(|w| w.in_flight == 0));
+}

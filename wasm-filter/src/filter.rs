@@ -180,21 +180,31 @@ impl HttpContext for Filter {
             .ok()
             .flatten()
             .and_then(|b| String::from_utf8(b).ok());
+        let status = self
+            .get_http_response_header(":status")
+            .and_then(|s| s.parse::<u16>().ok());
         let (Some(vm), Some(flight)) = (&self.vm, &mut self.in_flight) else {
             return Action::Continue;
         };
-        if let Some(served) = served
-            && served != flight.address
+        let mut state = vm.borrow_mut();
+        // Moves the count to the endpoint that served (a retry walked the fallback list) and
+        // feeds the circuit breakers, as the ext_proc service does.
+        let _ = state.router.response_started(
+            &mut flight.ticket,
+            served.as_deref(),
+            status,
+            crate::vm::now_ms(),
+        );
+        let counted_on = state
+            .router
+            .workers()
+            .get(flight.ticket.worker())
+            .map(|w| w.spec.address.clone());
+        if let Some(address) = counted_on
+            && address != flight.address
         {
-            let mut state = vm.borrow_mut();
-            if state.router.workers().by_address(&served).is_some() {
-                // A retry away from the pick also feeds the pick's circuit breaker.
-                let _ = state
-                    .router
-                    .served_by(&mut flight.ticket, &served, crate::vm::now_ms());
-                state.moved(&flight.address, &served);
-                flight.address = served;
-            }
+            state.moved(&flight.address, &address);
+            flight.address = address;
         }
         Action::Continue
     }

@@ -221,6 +221,54 @@ async fn dead_engine_is_skipped_through_the_fallback_list() -> anyhow::Result<()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_engine_is_avoided_then_used_again() -> anyhow::Result<()> {
+    // The filter feeds the core's circuit breaker from the response headers, as the ext_proc
+    // service does: two 5xx in a row open the failing engine's circuit, a success after the
+    // cooldown closes it.
+    let dir = log_dir("failing")?;
+    let sims = start_sims(2, &dir).await?;
+    let mut opts = EnvoyOptions::new(addresses(&sims));
+    opts.router = Some(json!({
+        "policy": {"name": "round_robin"},
+        "circuit": {"consecutive_failures": 2, "cooldown_ms": 500},
+    }));
+    let envoy = start_envoy(&opts, &dir).await?;
+    let c = http_client(false)?;
+    let chat = format!("{}/v1/chat/completions", envoy.url());
+    let ask = |i: usize| chat_body(MODEL, "s", &format!("question {i}"), false).to_string();
+    let fault = format!("{}/sim/fault", sims[0].url());
+    let r = c.post(&fault).body(r#"{"status": 500}"#).send().await?;
+    assert!(r.status().is_success(), "fault not set: {}", r.status());
+
+    let mut failures = 0;
+    for i in 0..6 {
+        let r = post(&c, &chat, ask(i), &[]).await?;
+        failures += usize::from(r.status == 500);
+    }
+    assert_eq!(failures, 2, "the circuit opened after two failures");
+    for i in 6..16 {
+        let r = post(&c, &chat, ask(i), &[]).await?;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(r.engine.as_deref(), Some(sims[1].id.as_str()));
+    }
+
+    c.delete(&fault).send().await?;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let mut back = false;
+    for i in 16..24 {
+        let r = post(&c, &chat, ask(i), &[]).await?;
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        back |= r.engine.as_deref() == Some(sims[0].id.as_str());
+    }
+    assert!(
+        back,
+        "the recovered engine got no request after the cooldown"
+    );
+    assert_eq!(envoy.wait_stat("kvroute_in_flight", 0, WAIT).await?, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_is_released_at_stream_end_and_on_reset() -> anyhow::Result<()> {
     let dir = log_dir("release")?;
     let sims = start_sims(2, &dir).await?;
