@@ -9,7 +9,7 @@ export KVROUTE_ENVOY ?= $(CURDIR)/.venv/bin/envoy
 # Two cores: keep test parallelism sane, end-to-end tests start processes.
 TEST_THREADS ?= 2
 
-.PHONY: all build demo test setup fmt-check clippy wasm-check unit bench bench-overhead bench-routing bench-real soak clean
+.PHONY: all build demo test setup nextest fmt-check clippy wasm-check unit bench bench-overhead bench-routing bench-real soak clean
 
 all: build
 
@@ -22,7 +22,11 @@ demo:
 	scripts/demo.sh
 
 ## Everything a fresh clone needs to pass; installs what it needs first.
-test: setup fmt-check clippy wasm-check unit
+test: setup nextest fmt-check clippy wasm-check unit
+
+## The test runner `unit` uses, installed when missing.
+nextest:
+	$(CARGO) nextest --version >/dev/null 2>&1 || $(CARGO) install --locked cargo-nextest
 
 setup:
 	scripts/setup-envoy.sh >/dev/null
