@@ -196,10 +196,24 @@ async fn remove_worker(State(state): State<AdminState>, Path(address): Path<Stri
     }
 }
 
+/// The metrics port's routes: `GET /metrics` only, without a token (read-only).
+pub fn metrics_router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(|State(shared): State<Arc<Shared>>| async move { encode_metrics(&shared) }),
+        )
+        .with_state(shared)
+}
+
 async fn metrics(State(state): State<AdminState>) -> Response {
+    encode_metrics(&state.shared)
+}
+
+fn encode_metrics(shared: &Shared) -> Response {
     let text = {
-        let router = state.shared.router();
-        state.shared.metrics.encode(&router)
+        let router = shared.router();
+        shared.metrics.encode(&router)
     };
     (
         [(

@@ -137,18 +137,34 @@ pub fn normalize_address(raw: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("`{raw}` is not an ip:port address"))
 }
 
+/// ext_proc port of the endpoint-picker protocol (and the Helm chart's).
+pub const DEFAULT_GRPC_PORT: u16 = 9002;
+/// Plaintext gRPC health port the `inferencepool` chart probes.
+pub const DEFAULT_HEALTH_PORT: u16 = 9003;
+/// Prometheus metrics port of the chart's Service.
+pub const DEFAULT_METRICS_PORT: u16 = 9090;
+/// Admin API port (loopback by default).
+pub const DEFAULT_ADMIN_PORT: u16 = 9004;
+
 /// The whole service configuration.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
-    /// ext_proc gRPC listen address.
+    /// ext_proc gRPC listen address (TLS and plaintext, see `tls`; also serves gRPC health).
     pub grpc_addr: SocketAddr,
+    /// Plaintext gRPC health listen address (`liveness`, `readiness`, `inference-extension`,
+    /// `envoy.service.ext_proc.v3.ExternalProcessor`), where Kubernetes probes.
+    pub health_addr: SocketAddr,
+    /// Prometheus metrics listen address (`GET /metrics`, no token).
+    pub metrics_addr: SocketAddr,
     /// Admin HTTP API listen address.
     pub admin_addr: SocketAddr,
     /// Bearer token for the admin API; required when it listens beyond loopback.
     pub admin_token: Option<Secret>,
-    /// TLS (and mutual TLS) on the gRPC port; plaintext when absent.
-    pub tls: Option<TlsConfig>,
+    /// TLS on the gRPC port: TLS and plaintext by default, a self-signed certificate when none
+    /// is configured; `mode: required` or mutual TLS refuse plaintext, `mode: off` is
+    /// plaintext only.
+    pub tls: TlsConfig,
     /// Request-flow settings.
     pub gateway: GatewayConfig,
     /// Router and policy settings.
@@ -183,10 +199,12 @@ pub struct TokenizerConfig {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 9002)),
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], 9003)),
+            grpc_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_GRPC_PORT)),
+            health_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_HEALTH_PORT)),
+            metrics_addr: SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, DEFAULT_METRICS_PORT)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], DEFAULT_ADMIN_PORT)),
             admin_token: None,
-            tls: None,
+            tls: TlsConfig::default(),
             gateway: GatewayConfig::default(),
             router: RouterConfig::default(),
             health: HealthConfig::default(),
@@ -201,6 +219,44 @@ impl Default for Config {
     }
 }
 
+/// Reads a config file in either format; see [`parse_any`].
+pub fn load_any(path: &Path, warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    parse_any(&text, &origin, warnings)
+}
+
+/// Parses kvroute's YAML, or the reference picker's `EndpointPickerConfig` (told apart by its
+/// `kind`), which becomes the defaults with the `scorer` policy it describes. Settings of the
+/// latter without effect are pushed to `warnings`.
+pub fn parse_any(
+    text: &str,
+    origin: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Config, ConfigError> {
+    let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).unwrap_or_default();
+    if !crate::picker_config::is_picker_config(&doc) {
+        return Config::from_yaml(text, origin);
+    }
+    let t = crate::picker_config::translate(text).map_err(|message| ConfigError::Parse {
+        path: origin.to_owned(),
+        message,
+    })?;
+    let mut config = Config::default();
+    config.router.policy = t.policy;
+    if let Some(n) = t.max_endpoints {
+        config.router.max_endpoints = n;
+    }
+    if let Some(path) = t.metrics_path {
+        config.scrape.path = path;
+    }
+    warnings.extend(t.warnings);
+    Ok(config)
+}
+
 impl Config {
     /// Parses YAML text; `origin` names it in errors.
     pub fn from_yaml(text: &str, origin: &str) -> Result<Config, ConfigError> {
@@ -210,14 +266,10 @@ impl Config {
         })
     }
 
-    /// Reads and parses a YAML file (not yet validated).
+    /// Reads and parses a YAML file, kvroute's format or an EndpointPickerConfig (not yet
+    /// validated; warnings about the latter are dropped, see [`load_any`]).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: origin.clone(),
-            source,
-        })?;
-        Config::from_yaml(&text, &origin)
+        load_any(path, &mut Vec::new())
     }
 
     /// Checks every value for range and consistency.
@@ -230,17 +282,24 @@ impl Config {
                 "an admin token is required when admin_addr is not a loopback address",
             ));
         }
-        if let Some(tls) = &self.tls {
-            for (field, path) in [
-                ("tls.cert_file", Some(&tls.cert_file)),
-                ("tls.key_file", Some(&tls.key_file)),
-                ("tls.client_ca_file", tls.client_ca_file.as_ref()),
-            ] {
-                if let Some(path) = path
-                    && !path.is_file()
-                {
-                    return Err(invalid(field, format!("{} is not a file", path.display())));
-                }
+        self.tls
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))?;
+        let listeners = [
+            ("grpc_addr", self.grpc_addr),
+            ("health_addr", self.health_addr),
+            ("metrics_addr", self.metrics_addr),
+            ("admin_addr", self.admin_addr),
+        ];
+        for (i, (field, addr)) in listeners.iter().enumerate() {
+            if addr.port() == 0 {
+                continue;
+            }
+            if let Some((other, _)) = listeners[..i].iter().find(|(_, a)| a.port() == addr.port()) {
+                return Err(invalid(
+                    *field,
+                    format!("port {} is already {other}'s", addr.port()),
+                ));
             }
         }
         for (i, rule) in self.gateway.normalize.rules.iter().enumerate() {
@@ -368,13 +427,16 @@ impl Config {
     /// A one-paragraph human summary, printed by `check-config`.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "grpc_addr: {} ({})\nadmin_addr: {} (token {})\npolicy: {}\n",
+            "grpc_addr: {} ({})\nhealth_addr: {}\nmetrics_addr: {}\nadmin_addr: {} (token {})\npolicy: {}\n",
             self.grpc_addr,
-            match &self.tls {
-                None => "plaintext",
-                Some(t) if t.is_mutual() => "mutual TLS",
-                Some(_) => "TLS",
+            match self.tls.effective_mode() {
+                crate::tls::TlsMode::Off => "plaintext",
+                crate::tls::TlsMode::Required if self.tls.is_mutual() => "mutual TLS",
+                crate::tls::TlsMode::Required => "TLS",
+                crate::tls::TlsMode::Auto => "TLS and plaintext",
             },
+            self.health_addr,
+            self.metrics_addr,
             self.admin_addr,
             if self.admin_token.is_some() {
                 "set"
@@ -479,7 +541,7 @@ mod tests {
         assert!(err.to_string().contains("nope"));
         let c = Config::from_yaml("health:\n  unhealthy_threshold: 0\n", "t").unwrap();
         assert!(c.validate().is_err());
-        let c = Config::from_yaml("admin_addr: 0.0.0.0:9003\n", "t").unwrap();
+        let c = Config::from_yaml("admin_addr: 0.0.0.0:9004\n", "t").unwrap();
         assert!(
             c.validate()
                 .unwrap_err()

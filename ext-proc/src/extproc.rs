@@ -45,7 +45,10 @@ use envoy_types::pb::envoy::service::ext_proc::v3::{
     HeaderMutation, HttpBody, HttpHeaders, ProcessingRequest, ProcessingResponse,
 };
 use futures_util::Stream;
-use kvroute_core::{ApiRoute, DeadlinePolicy, LocalReply, Outcome, RequestKind};
+use kvroute_core::circuit::UPSTREAM_TIMING_HEADER;
+use kvroute_core::{
+    ApiRoute, DeadlinePolicy, LocalReply, Outcome, RequestKind, ResponseOrigin, ResponseReport,
+};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, field};
 
@@ -54,8 +57,11 @@ use crate::state::{Shared, TicketGuard};
 
 /// Metadata namespace of the proxy's subset hint.
 pub const SUBSET_HINT_NAMESPACE: &str = "envoy.lb.subset_hint";
-/// Key (in the metadata namespace and as a response header) of the endpoint that served.
+/// Key (in the metadata namespace) of the endpoint that served.
 pub const SERVED_KEY: &str = "x-gateway-destination-endpoint-served";
+/// Envoy attribute telling how a response came about (`via_upstream` when a worker sent it),
+/// sent when the ext_proc filter lists it in `response_attributes`.
+pub const CODE_DETAILS: &str = "response.code_details";
 
 /// The ext_proc service.
 #[derive(Clone, Debug)]
@@ -220,17 +226,28 @@ impl StreamHandler {
             Msg::RequestTrailers(_) => self.on_request_trailers().await,
             Msg::ResponseHeaders(h) => {
                 debug!(end_of_stream = h.end_of_stream, "response headers");
+                // Only the proxy's own metadata says which endpoint served: a response
+                // header could come from the engine, which must not be able to move counts.
                 let served = proto::metadata_strings(
                     msg.metadata_context.as_ref(),
                     &self.shared.gateway.config().metadata_namespace,
                     SERVED_KEY,
                 )
-                .and_then(|v| v.into_iter().next())
-                .or_else(|| proto::find_header(h.headers.as_ref(), SERVED_KEY).map(str::to_owned));
+                .and_then(|v| v.into_iter().next());
                 if let Some(guard) = self.guard.as_mut() {
-                    let status = proto::find_header(h.headers.as_ref(), ":status")
-                        .and_then(|s| s.parse::<u16>().ok());
-                    guard.response_started(served.as_deref(), status);
+                    let headers = h.headers.as_ref();
+                    let status =
+                        proto::find_header(headers, ":status").and_then(|s| s.parse::<u16>().ok());
+                    let code_details = proto::attribute_string(&msg.attributes, CODE_DETAILS);
+                    let origin = ResponseOrigin::classify(
+                        code_details.as_deref(),
+                        proto::find_header(headers, UPSTREAM_TIMING_HEADER).is_some(),
+                    );
+                    guard.response_started(ResponseReport {
+                        served: served.as_deref(),
+                        status,
+                        origin,
+                    });
                 }
                 if h.end_of_stream {
                     self.release();

@@ -8,8 +8,9 @@ use kvroute::cli::{Cli, Command, LogFormat};
 use kvroute::config::Config;
 use tracing_subscriber::EnvFilter;
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -20,8 +21,12 @@ fn init_tracing(format: LogFormat) {
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {
-    match Config::load(path).and_then(|c| c.validate().map(|()| c)) {
+    let mut warnings = Vec::new();
+    match kvroute::config::load_any(path, &mut warnings).and_then(|c| c.validate().map(|()| c)) {
         Ok(config) => {
+            for w in warnings {
+                eprintln!("warning: {w}");
+            }
             println!("{}: ok\n{}", path.display(), config.summary());
             ExitCode::SUCCESS
         }
@@ -54,12 +59,13 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     })
 }
 
-async fn serve(args: kvroute::cli::ServeArgs) -> anyhow::Result<()> {
-    let config = args.resolve()?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     let mut running = kvroute::server::start(config).await?;
     let stop = shutdown_signal()?;
     tracing::info!(
         grpc = %running.grpc_addr,
+        health = %running.health_addr,
+        metrics = %running.metrics_addr,
         admin = %running.admin_addr,
         "kvroute listening"
     );
@@ -79,12 +85,24 @@ async fn serve(args: kvroute::cli::ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Exit status of a configuration error (as clap's usage errors).
+const CONFIG_ERROR: u8 = 2;
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    match Cli::parse().into_command() {
         Command::CheckConfig { file } => check_config(&file),
         Command::Serve(args) => {
-            init_tracing(args.log_format);
+            let resolved = match args.resolve() {
+                Ok(r) => r,
+                Err(err) => {
+                    eprintln!("error: {err}");
+                    return ExitCode::from(CONFIG_ERROR);
+                }
+            };
+            init_tracing(args.log_format(), args.log_filter());
+            for w in &resolved.warnings {
+                tracing::warn!("{w}");
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -95,7 +113,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(serve(args)) {
+            match runtime.block_on(serve(resolved.config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(err) => {
                     tracing::error!("{err:#}");

@@ -37,6 +37,20 @@ pub fn find_header<'a>(map: Option<&'a HeaderMap>, name: &str) -> Option<&'a str
         .and_then(header_value)
 }
 
+/// A string attribute Envoy sent in `ProcessingRequest.attributes` (keyed by the filter's
+/// name, each a Struct of attribute name to value), from whichever entry holds it.
+pub fn attribute_string(
+    attributes: &std::collections::HashMap<String, Struct>,
+    name: &str,
+) -> Option<String> {
+    attributes
+        .values()
+        .find_map(|s| match s.fields.get(name)?.kind.as_ref()? {
+            Kind::StringValue(v) => Some(v.clone()),
+            _ => None,
+        })
+}
+
 /// A header set on the request, replacing any existing value.
 pub fn set_header(key: &str, value: impl Into<Vec<u8>>) -> HeaderValueOption {
     HeaderValueOption {

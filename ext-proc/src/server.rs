@@ -21,16 +21,24 @@ use crate::discovery::Discovery;
 use crate::extproc::ExtProcService;
 use crate::health::{LIVENESS_SERVICE, READINESS_SERVICE, Workers};
 use crate::kv_events::Subscribers;
+use crate::listener;
 use crate::state::Shared;
 
 /// gRPC health service name of the ext_proc service.
 pub const EXT_PROC_SERVICE: &str = "envoy.service.ext_proc.v3.ExternalProcessor";
 
+/// gRPC health service name the reference endpoint picker registers for itself.
+pub const INFERENCE_EXTENSION_SERVICE: &str = "inference-extension";
+
 /// A running service.
 #[derive(Debug)]
 pub struct Running {
-    /// Bound gRPC address.
+    /// Bound gRPC (ext_proc) address.
     pub grpc_addr: SocketAddr,
+    /// Bound plaintext gRPC health address.
+    pub health_addr: SocketAddr,
+    /// Bound Prometheus metrics address.
+    pub metrics_addr: SocketAddr,
     /// Bound admin address.
     pub admin_addr: SocketAddr,
     /// The router and metrics.
@@ -40,28 +48,35 @@ pub struct Running {
     discovery: Option<Discovery>,
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
+    health: JoinHandle<Result<(), tonic::transport::Error>>,
     kv_events: Option<Subscribers>,
     admin: JoinHandle<std::io::Result<()>>,
+    metrics: JoinHandle<std::io::Result<()>>,
     scraper: Option<JoinHandle<()>>,
     grace: Duration,
 }
 
-/// Binds both listeners, registers the configured workers (probed at once) and starts serving.
+/// Binds every listener, registers the configured workers (probed at once) and starts serving.
 /// `config` must be validated.
 pub async fn start(config: Config) -> anyhow::Result<Running> {
-    let tls = config
-        .tls
-        .as_ref()
-        .map(crate::tls::TlsConfig::server_config)
-        .transpose()?;
-    let grpc_listener = TcpListener::bind(config.grpc_addr)
-        .await
-        .with_context(|| format!("binding the gRPC address {}", config.grpc_addr))?;
-    let admin_listener = TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("binding the admin address {}", config.admin_addr))?;
+    let tls = config.tls.server_tls()?;
+    let grpc_listener = listener::bind(config.grpc_addr, "gRPC").await?;
+    let health_listener = listener::bind(config.health_addr, "gRPC health").await?;
+    let metrics_listener = listener::bind(config.metrics_addr, "metrics").await?;
+    let admin_listener = listener::bind(config.admin_addr, "admin").await?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let health_addr = health_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    match &tls {
+        Some(t) => tracing::info!(
+            certificate = if t.self_signed { "self-signed, generated at start" } else { "configured" },
+            sha256 = %t.fingerprint,
+            plaintext_too = t.plaintext_too,
+            "gRPC port serves TLS"
+        ),
+        None => tracing::info!("gRPC port serves plaintext only (tls.mode: off)"),
+    }
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -79,12 +94,15 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
     }
 
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status(LIVENESS_SERVICE, ServingStatus::Serving)
-        .await;
-    reporter
-        .set_service_status(EXT_PROC_SERVICE, ServingStatus::Serving)
-        .await;
+    for service in [
+        LIVENESS_SERVICE,
+        EXT_PROC_SERVICE,
+        INFERENCE_EXTENSION_SERVICE,
+    ] {
+        reporter
+            .set_service_status(service, ServingStatus::Serving)
+            .await;
+    }
     reporter
         .set_service_status(READINESS_SERVICE, ServingStatus::NotServing)
         .await;
@@ -117,7 +135,6 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .enabled
         .then(|| Subscribers::start(shared.clone(), config.kv_events.clone()));
 
-    let incoming = TcpIncoming::from(grpc_listener).with_nodelay(Some(true));
     // A buffered body reaches kvroute as one message: tonic's 4 MiB default would fail the
     // stream (and Envoy fail open, unrouted) for prompts under `gateway.max_body_bytes`.
     let max_message = config
@@ -126,20 +143,24 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         .saturating_add(MESSAGE_HEADROOM_BYTES);
     let ext_proc = ExtProcServer::new(ExtProcService::new(shared.clone()))
         .max_decoding_message_size(max_message);
-    let mut grpc_shutdown = shutdown_rx.clone();
-    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
-    if let Some(tls) = tls {
-        builder = builder
-            .tls_config(tls)
-            .context("configuring TLS on the gRPC port")?;
-    }
     let grpc = tokio::spawn(
-        builder
-            .add_service(health_service)
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service.clone())
             .add_service(ext_proc)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = grpc_shutdown.wait_for(|stop| *stop).await;
-            }),
+            .serve_with_incoming_shutdown(
+                listener::Incoming::start(grpc_listener, tls),
+                stopped(shutdown_rx.clone()),
+            ),
+    );
+    let health = tokio::spawn(
+        tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(health_service)
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(health_listener).with_nodelay(Some(true)),
+                stopped(shutdown_rx.clone()),
+            ),
     );
 
     let app = admin::router(AdminState {
@@ -147,30 +168,50 @@ pub async fn start(config: Config) -> anyhow::Result<Running> {
         workers: workers.clone(),
         token: config.admin_token.as_deref().map(Arc::from),
     });
-    let admin_listener = admin_listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let mut admin_shutdown = shutdown_rx;
-    let admin = tokio::spawn(async move {
-        axum::serve(admin_listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_shutdown.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let admin = serve_http(admin_listener, app, stopped(shutdown_rx.clone()));
+    let metrics = serve_http(
+        metrics_listener,
+        admin::metrics_router(shared.clone()),
+        stopped(shutdown_rx),
+    );
 
     Ok(Running {
         grpc_addr,
+        health_addr,
+        metrics_addr,
         admin_addr,
         shared,
         workers,
         discovery,
         shutdown,
         grpc,
+        health,
         kv_events,
         admin,
+        metrics,
         scraper,
         grace: Duration::from_millis(config.shutdown_grace_ms),
+    })
+}
+
+/// Resolves once shutdown was asked for.
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// Serves an HTTP router on `listener` (TCP_NODELAY) until `stop`.
+fn serve_http(
+    listener: TcpListener,
+    app: axum::Router,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> JoinHandle<std::io::Result<()>> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
     })
 }
 
@@ -183,8 +224,8 @@ impl Running {
     /// The line printed once both listeners are bound.
     pub fn ready_line(&self) -> String {
         format!(
-            "kvroute ready grpc={} admin={}",
-            self.grpc_addr, self.admin_addr
+            "kvroute ready grpc={} health={} metrics={} admin={}",
+            self.grpc_addr, self.health_addr, self.metrics_addr, self.admin_addr
         )
     }
 
@@ -201,7 +242,9 @@ impl Running {
         }
         let Running {
             mut grpc,
+            mut health,
             mut admin,
+            mut metrics,
             scraper,
             grace,
             ..
@@ -209,31 +252,39 @@ impl Running {
         if let Some(scraper) = scraper {
             scraper.abort();
         }
-        let both = async {
+        let all = async {
             let _ = (&mut grpc).await;
+            let _ = (&mut health).await;
             let _ = (&mut admin).await;
+            let _ = (&mut metrics).await;
         };
-        let finished = tokio::time::timeout(grace, both).await.is_ok();
+        let finished = tokio::time::timeout(grace, all).await.is_ok();
         if !finished {
             grpc.abort();
+            health.abort();
             admin.abort();
+            metrics.abort();
         }
         finished
     }
 
     /// Waits until either server stops on its own (an error), reporting it.
     pub async fn wait_failure(&mut self) -> anyhow::Result<()> {
+        fn report<E: std::fmt::Display>(
+            what: &str,
+            r: Result<Result<(), E>, tokio::task::JoinError>,
+        ) -> anyhow::Result<()> {
+            match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(anyhow::anyhow!("{what} server failed: {e}")),
+                Err(e) => Err(anyhow::anyhow!("{what} server task failed: {e}")),
+            }
+        }
         tokio::select! {
-            r = &mut self.grpc => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::anyhow!("gRPC server failed: {e}")),
-                Err(e) => Err(anyhow::anyhow!("gRPC server task failed: {e}")),
-            },
-            r = &mut self.admin => match r {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(anyhow::anyhow!("admin server failed: {e}")),
-                Err(e) => Err(anyhow::anyhow!("admin server task failed: {e}")),
-            },
+            r = &mut self.grpc => report("gRPC", r),
+            r = &mut self.health => report("gRPC health", r),
+            r = &mut self.admin => report("admin", r),
+            r = &mut self.metrics => report("metrics", r),
         }
     }
 }

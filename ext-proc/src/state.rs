@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use kvroute_core::circuit::Transition;
 use kvroute_core::tokenize::PromptTokenizer;
-use kvroute_core::{Gateway, Router, Ticket, WorkerId};
+use kvroute_core::{Gateway, ResponseReport, Router, Ticket, WorkerId};
 
 use crate::metrics::Metrics;
 
@@ -107,16 +107,13 @@ impl TicketGuard {
     }
 
     /// The proxy sent the response headers: the endpoint that served the request, if it
-    /// says, and the `:status` ([`Router::response_started`]).
-    pub fn response_started(&mut self, served: Option<&str>, status: Option<u16>) {
+    /// says, the `:status` and the response's origin ([`Router::response_started`]).
+    pub fn response_started(&mut self, report: ResponseReport<'_>) {
         let Some(ticket) = self.ticket.as_mut() else {
             return;
         };
         let now = self.shared.now_ms();
-        let transitions = self
-            .shared
-            .router()
-            .response_started(ticket, served, status, now);
+        let transitions = self.shared.router().response_started(ticket, report, now);
         for (worker, transition) in transitions {
             log_transition(&self.shared, worker, transition);
         }

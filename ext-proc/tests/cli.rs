@@ -49,6 +49,10 @@ fn serve_prints_the_ready_line_and_exits_cleanly_on_sigterm() {
             "serve",
             "--grpc-addr",
             "127.0.0.1:0",
+            "--health-addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
             "--admin-addr",
             "127.0.0.1:0",
             "--worker",
@@ -67,11 +71,17 @@ fn serve_prints_the_ready_line_and_exits_cleanly_on_sigterm() {
         .unwrap();
     let rest = line
         .trim()
-        .strip_prefix("kvroute ready grpc=")
+        .strip_prefix("kvroute ready ")
         .unwrap_or_else(|| panic!("unexpected line {line:?}"));
-    let (grpc, admin) = rest.split_once(" admin=").unwrap();
-    grpc.parse::<std::net::SocketAddr>().unwrap();
-    admin.parse::<std::net::SocketAddr>().unwrap();
+    let keys: Vec<&str> = rest
+        .split(' ')
+        .map(|kv| {
+            let (key, addr) = kv.split_once('=').unwrap();
+            addr.parse::<std::net::SocketAddr>().unwrap();
+            key
+        })
+        .collect();
+    assert_eq!(keys, ["grpc", "health", "metrics", "admin"]);
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -94,6 +104,53 @@ fn serve_rejects_unknown_policy() {
         .args(["serve", "--policy", "nope", "--admin-addr", "127.0.0.1:0"])
         .output()
         .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nope"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+#[test]
+fn an_unsupported_picker_plugin_is_a_one_line_error_naming_it() {
+    let dir = std::env::temp_dir().join(format!("kvroute-epp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("plugins.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n\
+         plugins:\n- type: latency-scorer\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--config-file")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("latency-scorer") && stderr.contains("supported"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn check_config_reads_the_charts_endpoint_picker_config() {
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/default-plugins.yaml"
+    );
+    let out = Command::new(BIN)
+        .args(["check-config", fixture])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("policy: scorer"), "{stdout}");
 }

@@ -16,7 +16,7 @@ use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response
 use envoy_types::pb::envoy::service::ext_proc::v3::{ProcessingRequest, ProcessingResponse};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use kvroute::proto::header_value;
-use kvroute::tls::TlsConfig;
+use kvroute::tls::{TlsConfig, TlsMode};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 const DEST: &str = "x-gateway-destination-endpoint";
@@ -160,11 +160,12 @@ async fn grpc_port_serves_tls_and_refuses_plaintext() {
     let pki = TestPki::generate("tls");
     let w = FakeWorker::start(&["m"]).await;
     let mut cfg = config(&[&w]);
-    cfg.tls = Some(TlsConfig {
-        cert_file: pki.server_cert.clone(),
-        key_file: pki.server_key.clone(),
+    cfg.tls = TlsConfig {
+        mode: TlsMode::Required,
+        cert_file: Some(pki.server_cert.clone()),
+        key_file: Some(pki.server_key.clone()),
         client_ca_file: None,
-    });
+    };
     let running = start(cfg, 1).await;
     let port = running.grpc_addr.port();
 
@@ -184,15 +185,42 @@ async fn grpc_port_serves_tls_and_refuses_plaintext() {
 }
 
 #[tokio::test]
+async fn auto_mode_serves_tls_and_plaintext_on_one_port() {
+    let pki = TestPki::generate("auto");
+    let w = FakeWorker::start(&["m"]).await;
+    let mut cfg = config(&[&w]);
+    cfg.tls = TlsConfig {
+        cert_file: Some(pki.server_cert.clone()),
+        key_file: Some(pki.server_key.clone()),
+        ..TlsConfig::default()
+    };
+    assert_eq!(cfg.tls.mode, TlsMode::Auto, "auto is the default");
+    let running = start(cfg, 1).await;
+    let port = running.grpc_addr.port();
+    for _ in 0..2 {
+        let tls = tls_channel(port, &pki, false).await.expect("TLS connect");
+        assert_eq!(route_once(tls).await.unwrap(), w.addr.to_string());
+        let plain = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("plaintext connect");
+        assert_eq!(route_once(plain).await.unwrap(), w.addr.to_string());
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test]
 async fn mutual_tls_rejects_clients_without_a_certificate() {
     let pki = TestPki::generate("mtls");
     let w = FakeWorker::start(&["m"]).await;
     let mut cfg = config(&[&w]);
-    cfg.tls = Some(TlsConfig {
-        cert_file: pki.server_cert.clone(),
-        key_file: pki.server_key.clone(),
+    cfg.tls = TlsConfig {
+        mode: TlsMode::Auto,
+        cert_file: Some(pki.server_cert.clone()),
+        key_file: Some(pki.server_key.clone()),
         client_ca_file: Some(pki.ca.clone()),
-    });
+    };
     let running = start(cfg, 1).await;
     let port = running.grpc_addr.port();
 
@@ -213,23 +241,23 @@ async fn mutual_tls_rejects_clients_without_a_certificate() {
 #[test]
 fn bad_tls_files_fail_validation_and_start() {
     let mut cfg = kvroute::config::Config {
-        tls: Some(TlsConfig {
-            cert_file: "/nonexistent/cert.pem".into(),
-            key_file: "/nonexistent/key.pem".into(),
-            client_ca_file: None,
-        }),
+        tls: TlsConfig {
+            cert_file: Some("/nonexistent/cert.pem".into()),
+            key_file: Some("/nonexistent/key.pem".into()),
+            ..TlsConfig::default()
+        },
         ..kvroute::config::Config::default()
     };
     let err = cfg.validate().unwrap_err().to_string();
     assert!(err.contains("tls.cert_file"), "{err}");
     let not_pem = std::env::temp_dir().join(format!("kvroute-not-pem-{}", std::process::id()));
     std::fs::write(&not_pem, "hello").unwrap();
-    cfg.tls = Some(TlsConfig {
-        cert_file: not_pem.clone(),
-        key_file: not_pem.clone(),
-        client_ca_file: None,
-    });
-    let err = cfg.tls.as_ref().unwrap().server_config().unwrap_err();
+    cfg.tls = TlsConfig {
+        cert_file: Some(not_pem.clone()),
+        key_file: Some(not_pem.clone()),
+        ..TlsConfig::default()
+    };
+    let err = cfg.tls.server_tls().unwrap_err();
     assert!(err.to_string().contains("not a PEM file"), "{err}");
     let _ = std::fs::remove_file(not_pem);
 }
@@ -238,7 +266,7 @@ const TOKEN: &str = "tok-4f9c2b7e-never-log-me";
 
 #[test]
 fn admin_token_never_appears_in_summary_or_debug_output() {
-    let yaml = format!("admin_addr: 0.0.0.0:9003\nadmin_token: {TOKEN}\n");
+    let yaml = format!("admin_addr: 0.0.0.0:9004\nadmin_token: {TOKEN}\n");
     let cfg = kvroute::config::Config::from_yaml(&yaml, "t.yaml").unwrap();
     cfg.validate().unwrap();
     assert!(!cfg.summary().contains(TOKEN));

@@ -444,9 +444,15 @@ mod tests {
     use crate::worker::WorkerSpec;
 
     fn router(policy: &str) -> Router {
+        router_listing(policy, RouterConfig::default().max_endpoints)
+    }
+
+    /// Like [`router`], naming up to `max_endpoints` per decision.
+    fn router_listing(policy: &str, max_endpoints: usize) -> Router {
         let mut r = Router::new(
             RouterConfig {
                 policy: PolicyConfig::from_name(policy).unwrap(),
+                max_endpoints,
                 ..RouterConfig::default()
             },
             1,
@@ -480,8 +486,20 @@ mod tests {
     #[test]
     fn forwards_with_ordered_list_and_releases() {
         let gw = Gateway::default();
-        let mut r = router("round_robin");
         let body = br#"{"model":"m","prompt":"hello"}"#;
+        let mut one = router("round_robin");
+        let Outcome::Forward(f) =
+            gw.route_inference(&mut one, ApiRoute::Completions, body, None, None, 0)
+        else {
+            panic!("expected a forward");
+        };
+        assert_eq!(
+            f.destination.split(',').count(),
+            1,
+            "one endpoint by default"
+        );
+        one.complete(f.routed.ticket);
+        let mut r = router_listing("round_robin", 3);
         let Outcome::Forward(f) =
             gw.route_inference(&mut r, ApiRoute::Completions, body, None, None, 0)
         else {

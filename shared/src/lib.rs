@@ -30,7 +30,7 @@ pub mod shared_state;
 pub mod tokenize;
 pub mod worker;
 
-pub use circuit::{CircuitConfig, CircuitState};
+pub use circuit::{CircuitConfig, CircuitState, ResponseOrigin};
 pub use error::{OpenAiError, RouteError};
 pub use gateway::{Forward, Gateway, GatewayConfig, LocalReply, Outcome, RequestKind};
 pub use kv_events::{KvEvent, KvEventBatch};
@@ -38,5 +38,5 @@ pub use limits::{DeadlinePolicy, LimitsConfig};
 pub use normalize::{NormalizeConfig, Normalizer};
 pub use policy::{Pick, Policy, PolicyConfig, PolicyEnv};
 pub use request::{ApiRoute, ParsedRequest, Prompt, RequestError, RouteRequest};
-pub use router::{Routed, Router, RouterConfig, Ticket};
+pub use router::{ResponseReport, Routed, Router, RouterConfig, Ticket};
 pub use worker::{EngineKind, LoadReport, Worker, WorkerId, WorkerSet, WorkerSpec};

@@ -9,7 +9,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
-use crate::circuit::{Circuit, CircuitConfig, CircuitState, Transition};
+use crate::circuit::{Circuit, CircuitConfig, CircuitState, ResponseOrigin, Transition};
 use crate::error::RouteError;
 use crate::kv_events::KvEventBatch;
 use crate::policy::{Policy, PolicyConfig, PolicyEnv};
@@ -25,6 +25,10 @@ pub struct RouterConfig {
     /// Per-model policy overrides, keyed by model name.
     pub model_policies: BTreeMap<String, PolicyConfig>,
     /// Length of the endpoint list returned to the proxy: the choice plus ordered fallbacks.
+    /// 1 (the default, as the reference endpoint picker) works with every gateway; a longer
+    /// list only helps a proxy that walks it on retry (Envoy's `override_host` load
+    /// balancer, as in kvroute's own `envoy/envoy.yaml`); an `ORIGINAL_DST` cluster or a
+    /// gateway that parses one address fails every request given a list.
     pub max_endpoints: usize,
     /// A worker with this many requests in flight receives no more; when every candidate is
     /// full the request is shed with 429. `None`: no limit.
@@ -38,7 +42,7 @@ impl Default for RouterConfig {
         RouterConfig {
             policy: PolicyConfig::default(),
             model_policies: BTreeMap::new(),
-            max_endpoints: 3,
+            max_endpoints: 1,
             max_in_flight_per_worker: None,
             circuit: CircuitConfig::default(),
         }
@@ -51,6 +55,8 @@ impl Default for RouterConfig {
 #[must_use = "a ticket must be handed back to Router::complete when the request ends"]
 pub struct Ticket {
     worker: WorkerId,
+    /// The request's sequence number in this router (ties a half-open trial to it).
+    request: u64,
 }
 
 impl Ticket {
@@ -81,7 +87,20 @@ pub struct Router {
     model_policies: HashMap<String, Box<dyn Policy>>,
     rng: SmallRng,
     outstanding: u64,
+    next_request: u64,
     circuits: HashMap<WorkerId, Circuit>,
+}
+
+/// What the proxy reported when a response started: the endpoint that served it (when it
+/// says), the `:status`, and where the response came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResponseReport<'a> {
+    /// `ip:port` the proxy used (a retry may have walked the fallback list).
+    pub served: Option<&'a str>,
+    /// HTTP status of the response.
+    pub status: Option<u16>,
+    /// Whether a worker produced the response or the proxy did.
+    pub origin: ResponseOrigin,
 }
 
 impl Router {
@@ -100,6 +119,7 @@ impl Router {
             model_policies,
             rng: SmallRng::seed_from_u64(seed),
             outstanding: 0,
+            next_request: 0,
             circuits: HashMap::new(),
         }
     }
@@ -167,9 +187,9 @@ impl Router {
 
     /// The circuit-breaker state of a worker as of `now_ms`.
     pub fn circuit_state(&self, id: WorkerId, now_ms: u64) -> CircuitState {
-        self.circuits
-            .get(&id)
-            .map_or(CircuitState::Closed, |c| c.state(now_ms))
+        self.circuits.get(&id).map_or(CircuitState::Closed, |c| {
+            c.state(now_ms, &self.config.circuit)
+        })
     }
 
     /// Records the result of a forwarded request on the worker its ticket names (a 5xx
@@ -189,18 +209,45 @@ impl Router {
     }
 
     fn circuit_allows(&self, id: WorkerId, now_ms: u64) -> bool {
-        self.circuits.get(&id).is_none_or(|c| c.allows(now_ms))
+        self.circuits
+            .get(&id)
+            .is_none_or(|c| c.allows(now_ms, &self.config.circuit))
     }
 
-    /// Counts a request in flight on `id`, marking a half-open circuit's trial.
-    fn admit(&mut self, id: WorkerId, now_ms: u64) {
-        if let Some(w) = self.workers.get_mut(id) {
-            w.in_flight += 1;
+    /// Leaves out the candidates whose circuit is open, unless fewer than the panic threshold
+    /// would remain (or none at all): then every candidate is tried, as Envoy's load balancer
+    /// does in panic mode, rather than piling the load on a few or failing.
+    fn obey_circuits(&self, candidates: &mut Vec<&Worker>, now_ms: u64) {
+        if self.circuits.is_empty() || candidates.is_empty() {
+            return;
         }
+        let usable = candidates
+            .iter()
+            .filter(|w| self.circuit_allows(w.id, now_ms))
+            .count();
+        let share = usable as f64 / candidates.len() as f64;
+        if usable == 0 || share < self.config.circuit.panic_threshold {
+            return;
+        }
+        candidates.retain(|w| self.circuit_allows(w.id, now_ms));
+    }
+
+    /// Counts a request in flight on `id`, marking a half-open circuit's trial, and returns
+    /// its ticket.
+    fn admit(&mut self, id: WorkerId, now_ms: u64) -> Ticket {
+        if let Some(w) = self.workers.get_mut(id) {
+            w.in_flight = w.in_flight.saturating_add(1);
+        }
+        let request = self.next_request;
+        self.next_request += 1;
         if let Some(c) = self.circuits.get_mut(&id) {
-            c.on_sent(now_ms);
+            c.on_sent(request, now_ms, &self.config.circuit);
         }
         self.outstanding += 1;
+        Ticket {
+            worker: id,
+            request,
+        }
     }
 
     /// Starts or stops draining a worker: a draining worker gets no new requests.
@@ -259,14 +306,7 @@ impl Router {
             }
             candidates.push(w);
         }
-        // Workers whose circuit is open are left out, unless that leaves nobody: then every
-        // candidate is tried anyway (as Envoy's panic threshold does), rather than failing.
-        if candidates
-            .iter()
-            .any(|w| self.circuits.get(&w.id).is_none_or(|c| c.allows(now_ms)))
-        {
-            candidates.retain(|w| self.circuits.get(&w.id).is_none_or(|c| c.allows(now_ms)));
-        }
+        self.obey_circuits(&mut candidates, now_ms);
         if candidates.is_empty() {
             let model = req.model.to_owned();
             return Err(if !any_serving {
@@ -303,9 +343,9 @@ impl Router {
             .map(|w| w.spec.address.clone())
             .collect();
 
-        self.admit(first, now_ms);
+        let ticket = self.admit(first, now_ms);
         Ok(Routed {
-            ticket: Ticket { worker: first },
+            ticket,
             endpoints,
             policy: policy_name,
             prefix_match: pick.prefix_match,
@@ -326,9 +366,7 @@ impl Router {
             .filter(|w| w.is_routable())
             .filter(in_subset)
             .collect();
-        if candidates.iter().any(|w| self.circuit_allows(w.id, now_ms)) {
-            candidates.retain(|w| self.circuit_allows(w.id, now_ms));
-        }
+        self.obey_circuits(&mut candidates, now_ms);
         if candidates.is_empty() {
             return Err(if self.workers.iter().any(Worker::is_routable) {
                 RouteError::EmptySubset
@@ -348,9 +386,9 @@ impl Router {
             .filter_map(|id| candidates.iter().find(|w| w.id == *id))
             .map(|w| w.spec.address.clone())
             .collect();
-        self.admit(first, now_ms);
+        let ticket = self.admit(first, now_ms);
         Ok(Routed {
-            ticket: Ticket { worker: first },
+            ticket,
             endpoints,
             policy: "least_request",
             prefix_match: None,
@@ -382,24 +420,34 @@ impl Router {
         transition
     }
 
-    /// The proxy reported response headers for the request: the endpoint that served it (if
-    /// known) and the `:status`. Moves the count to the serving worker ([`Router::served_by`])
-    /// and feeds the serving worker's circuit breaker (a 5xx is a failure). Both shells call
-    /// this once per response; returns the circuit transitions it caused, by worker.
+    /// The proxy reported response headers for the request. Moves the count to the serving
+    /// worker ([`Router::served_by`]) and feeds the serving worker's circuit breaker: a 5xx
+    /// the worker answered is a failure; one the proxy produced itself
+    /// ([`ResponseOrigin::Proxy`]: no host, no original destination, connection refused, its
+    /// own filters) says nothing about the worker and is not recorded, and a response of
+    /// unknown origin counts only as a success. Both shells call this once per response;
+    /// returns the circuit transitions it caused, by worker.
     pub fn response_started(
         &mut self,
         ticket: &mut Ticket,
-        served: Option<&str>,
-        status: Option<u16>,
+        report: ResponseReport<'_>,
         now_ms: u64,
     ) -> Vec<(WorkerId, Transition)> {
         let mut transitions = Vec::new();
         let picked = ticket.worker;
-        if let Some(t) = served.and_then(|address| self.served_by(ticket, address, now_ms)) {
+        if let Some(t) = report
+            .served
+            .and_then(|address| self.served_by(ticket, address, now_ms))
+        {
             transitions.push((picked, t));
         }
-        let success = status.is_some_and(|s| s < 500);
-        if let Some(t) = self.record_result(ticket, success, now_ms) {
+        let success = report.status.is_some_and(|s| s < 500);
+        let counts = match report.origin {
+            ResponseOrigin::Upstream => true,
+            ResponseOrigin::Proxy => false,
+            ResponseOrigin::Unknown => success,
+        };
+        if counts && let Some(t) = self.record_result(ticket, success, now_ms) {
             transitions.push((ticket.worker, t));
         }
         transitions
@@ -409,6 +457,11 @@ impl Router {
     pub fn complete(&mut self, ticket: Ticket) {
         if let Some(w) = self.workers.get_mut(ticket.worker) {
             w.in_flight = w.in_flight.saturating_sub(1);
+        }
+        // A half-open trial that ended without a result (the client left before the response
+        // headers) must not hold the trial slot: the next request is the trial.
+        if let Some(c) = self.circuits.get_mut(&ticket.worker) {
+            c.on_abandoned(ticket.request);
         }
         self.outstanding = self.outstanding.saturating_sub(1);
     }

@@ -62,10 +62,16 @@ fn address(i: usize) -> String {
 }
 
 fn router_for(name: &str, seed: u64) -> Router {
+    router_listing(name, seed, RouterConfig::default().max_endpoints)
+}
+
+/// Like [`router_for`], naming up to `max_endpoints` per decision.
+fn router_listing(name: &str, seed: u64, max_endpoints: usize) -> Router {
     let policy = PolicyConfig::from_name(name).expect("every listed name builds");
     Router::new(
         RouterConfig {
             policy,
+            max_endpoints,
             ..RouterConfig::default()
         },
         seed,
@@ -313,7 +319,7 @@ fn consistent_hash_is_stable_and_moves_few_keys_on_a_join() {
 #[test]
 fn every_name_in_the_list_builds_and_routes() {
     for name in PolicyConfig::NAMES {
-        let mut router = router_for(name, 9);
+        let mut router = router_listing(name, 9, 3);
         router.upsert_worker(WorkerSpec::new(address(0)));
         router.upsert_worker(WorkerSpec::new(address(1)));
         let prompt = Prompt::Tokens(vec![1, 2, 3]);

@@ -4,8 +4,18 @@
 use kvroute_core::circuit::Transition;
 use kvroute_core::{
     ApiRoute, CircuitConfig, CircuitState, Gateway, GatewayConfig, LimitsConfig, Outcome,
-    PolicyConfig, Prompt, RouteRequest, Router, RouterConfig, WorkerId, WorkerSpec,
+    PolicyConfig, Prompt, ResponseOrigin, ResponseReport, RouteRequest, Router, RouterConfig,
+    WorkerId, WorkerSpec,
 };
+
+/// A response the worker itself answered.
+fn upstream(served: Option<&str>, status: u16) -> ResponseReport<'_> {
+    ResponseReport {
+        served,
+        status: Some(status),
+        origin: ResponseOrigin::Upstream,
+    }
+}
 
 fn router(policy: &str, circuit: CircuitConfig) -> (Router, Vec<WorkerId>) {
     let mut r = Router::new(
@@ -66,6 +76,7 @@ fn circuit_opens_on_failures_then_half_open_trial_closes_it() {
     let circuit = CircuitConfig {
         consecutive_failures: 2,
         cooldown_ms: 1_000,
+        ..CircuitConfig::default()
     };
     let (mut r, ids) = router("round_robin", circuit);
     let bad = ids[0];
@@ -111,6 +122,7 @@ fn every_circuit_open_still_routes() {
     let circuit = CircuitConfig {
         consecutive_failures: 1,
         cooldown_ms: 10_000,
+        ..CircuitConfig::default()
     };
     let (mut r, _) = router("least_request", circuit);
     let prompt = Prompt::Text("x".into());
@@ -166,6 +178,7 @@ fn serving_elsewhere_moves_the_count_and_fails_the_pick() {
     let circuit = CircuitConfig {
         consecutive_failures: 2,
         cooldown_ms: 1_000,
+        ..CircuitConfig::default()
     };
     let (mut r, ids) = router("round_robin", circuit);
     let prompt = Prompt::Text("x".into());
@@ -206,6 +219,7 @@ fn response_headers_feed_the_circuit_of_the_worker_that_answered() {
     let circuit = CircuitConfig {
         consecutive_failures: 2,
         cooldown_ms: 1_000,
+        ..CircuitConfig::default()
     };
     let (mut r, ids) = router("round_robin", circuit);
     let prompt = Prompt::Text("x".into());
@@ -219,7 +233,7 @@ fn response_headers_feed_the_circuit_of_the_worker_that_answered() {
     // Two 5xx answers from worker 1 open its circuit.
     for _ in 0..2 {
         let mut routed = pick(&mut r, ids[0], 0);
-        let t = r.response_started(&mut routed.ticket, None, Some(503), 0);
+        let t = r.response_started(&mut routed.ticket, upstream(None, 503), 0);
         r.complete(routed.ticket);
         if !t.is_empty() {
             assert_eq!(t, vec![(ids[0], Transition::Opened)]);
@@ -232,15 +246,157 @@ fn response_headers_feed_the_circuit_of_the_worker_that_answered() {
     // After the cooldown, the trial is answered by worker 2 after a retry: worker 1's trial
     // failed (open again), worker 2 answered 200 (stays closed), the count moved there.
     let mut routed = pick(&mut r, ids[0], 1_000);
-    let t = r.response_started(&mut routed.ticket, Some("10.0.0.2:8000"), Some(200), 1_000);
+    let t = r.response_started(
+        &mut routed.ticket,
+        upstream(Some("10.0.0.2:8000"), 200),
+        1_000,
+    );
     assert_eq!(t, vec![(ids[0], Transition::Opened)]);
     assert_eq!(routed.ticket.worker(), ids[1]);
     assert_eq!(r.circuit_state(ids[1], 1_000), CircuitState::Closed);
     r.complete(routed.ticket);
     // A 200 from the worker itself after the next cooldown closes its circuit.
     let mut routed = pick(&mut r, ids[0], 2_500);
-    let t = r.response_started(&mut routed.ticket, Some("10.0.0.1:8000"), Some(200), 2_500);
+    let t = r.response_started(
+        &mut routed.ticket,
+        upstream(Some("10.0.0.1:8000"), 200),
+        2_500,
+    );
     assert_eq!(t, vec![(ids[0], Transition::Closed)]);
     r.complete(routed.ticket);
     assert!(r.workers().iter().all(|w| w.in_flight == 0));
+}
+
+#[test]
+fn proxy_made_errors_never_open_a_circuit() {
+    // The ORIGINAL_DST gateway given a list answers 503 itself ("no original_dst") for every
+    // request: none of that may count against the workers.
+    let circuit = CircuitConfig {
+        consecutive_failures: 2,
+        cooldown_ms: 60_000,
+        ..CircuitConfig::default()
+    };
+    let (mut r, ids) = router("round_robin", circuit);
+    let prompt = Prompt::Text("x".into());
+    for origin in [ResponseOrigin::Proxy, ResponseOrigin::Unknown] {
+        for _ in 0..30 {
+            let mut routed = r.route(&request(&prompt), None, 0).unwrap();
+            let report = ResponseReport {
+                served: None,
+                status: Some(503),
+                origin,
+            };
+            assert!(r.response_started(&mut routed.ticket, report, 0).is_empty());
+            r.complete(routed.ticket);
+        }
+    }
+    for id in ids {
+        assert_eq!(r.circuit_state(id, 0), CircuitState::Closed);
+    }
+    // A success of unknown origin still closes a circuit: it comes from a worker.
+    let mut routed = r.route(&request(&prompt), None, 0).unwrap();
+    let id = routed.ticket.worker();
+    for _ in 0..2 {
+        r.record_result(&routed.ticket, false, 0);
+    }
+    assert!(matches!(r.circuit_state(id, 0), CircuitState::Open { .. }));
+    let ok = ResponseReport {
+        served: None,
+        status: Some(200),
+        origin: ResponseOrigin::Unknown,
+    };
+    assert_eq!(
+        r.response_started(&mut routed.ticket, ok, 1),
+        vec![(id, Transition::Closed)]
+    );
+    r.complete(routed.ticket);
+}
+
+#[test]
+fn an_abandoned_half_open_trial_does_not_exclude_the_worker_for_good() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 1,
+        cooldown_ms: 100,
+        ..CircuitConfig::default()
+    };
+    let (mut r, ids) = router("round_robin", circuit);
+    let bad = ids[0];
+    let prompt = Prompt::Text("x".into());
+    let pick = |r: &mut Router, now: u64| loop {
+        let routed = r.route(&request(&prompt), None, now).unwrap();
+        if routed.ticket.worker() == bad {
+            break routed;
+        }
+        r.complete(routed.ticket);
+    };
+    let routed = pick(&mut r, 0);
+    r.record_result(&routed.ticket, false, 0);
+    r.complete(routed.ticket);
+    // The trial goes out after the cooldown; its client leaves before any response.
+    let trial = pick(&mut r, 100);
+    r.complete(trial.ticket);
+    // The worker is picked again (a new trial) instead of being left out for good.
+    let again = pick(&mut r, 101);
+    assert_eq!(
+        r.circuit_state(bad, 101),
+        CircuitState::HalfOpen {
+            trial_in_flight: true
+        }
+    );
+    r.record_result(&again.ticket, true, 102);
+    r.complete(again.ticket);
+    assert_eq!(r.circuit_state(bad, 102), CircuitState::Closed);
+}
+
+#[test]
+fn circuits_open_on_most_of_the_fleet_are_ignored_panic_mode() {
+    let circuit = CircuitConfig {
+        consecutive_failures: 1,
+        cooldown_ms: 60_000,
+        ..CircuitConfig::default()
+    };
+    let mut r = Router::new(
+        RouterConfig {
+            policy: PolicyConfig::from_name("round_robin").unwrap(),
+            circuit,
+            ..RouterConfig::default()
+        },
+        5,
+    );
+    let ids: Vec<WorkerId> = (1..=4)
+        .map(|i| r.upsert_worker(WorkerSpec::new(format!("10.0.0.{i}:8000"))))
+        .collect();
+    let prompt = Prompt::Text("x".into());
+    let open = |r: &mut Router, id: WorkerId| loop {
+        let routed = r.route(&request(&prompt), None, 0).unwrap();
+        let hit = routed.ticket.worker() == id;
+        if hit {
+            r.record_result(&routed.ticket, false, 0);
+        }
+        r.complete(routed.ticket);
+        if hit {
+            break;
+        }
+    };
+    // Two of four open: half the fleet is still usable, circuits are obeyed.
+    open(&mut r, ids[0]);
+    open(&mut r, ids[1]);
+    for _ in 0..20 {
+        let routed = r.route(&request(&prompt), None, 1).unwrap();
+        assert!(!ids[..2].contains(&routed.ticket.worker()));
+        r.complete(routed.ticket);
+    }
+    // Three of four open: below the panic threshold every healthy worker is used again.
+    open(&mut r, ids[2]);
+    let mut used = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let routed = r.route(&request(&prompt), None, 2).unwrap();
+        used.insert(routed.ticket.worker());
+        r.complete(routed.ticket);
+    }
+    assert_eq!(
+        used.len(),
+        4,
+        "panic mode spreads over the whole fleet: {used:?}"
+    );
 }

@@ -4,7 +4,10 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use kvroute_core::{ApiRoute, LocalReply, Outcome, RequestKind, Ticket};
+use kvroute_core::circuit::UPSTREAM_TIMING_HEADER;
+use kvroute_core::{
+    ApiRoute, LocalReply, Outcome, RequestKind, ResponseOrigin, ResponseReport, Ticket,
+};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, MapType};
@@ -183,18 +186,29 @@ impl HttpContext for Filter {
         let status = self
             .get_http_response_header(":status")
             .and_then(|s| s.parse::<u16>().ok());
+        let code_details = hostcalls::get_property(vec!["response", "code_details"])
+            .ok()
+            .flatten()
+            .and_then(|b| String::from_utf8(b).ok());
+        let origin = ResponseOrigin::classify(
+            code_details.as_deref(),
+            self.get_http_response_header(UPSTREAM_TIMING_HEADER)
+                .is_some(),
+        );
         let (Some(vm), Some(flight)) = (&self.vm, &mut self.in_flight) else {
             return Action::Continue;
         };
         let mut state = vm.borrow_mut();
         // Moves the count to the endpoint that served (a retry walked the fallback list) and
         // feeds the circuit breakers, as the ext_proc service does.
-        let _ = state.router.response_started(
-            &mut flight.ticket,
-            served.as_deref(),
+        let report = ResponseReport {
+            served: served.as_deref(),
             status,
-            crate::vm::now_ms(),
-        );
+            origin,
+        };
+        let _ = state
+            .router
+            .response_started(&mut flight.ticket, report, crate::vm::now_ms());
         let counted_on = state
             .router
             .workers()

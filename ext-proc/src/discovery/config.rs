@@ -10,6 +10,10 @@ pub const DEFAULT_MODEL_LABEL: &str = "kvroute.io/model";
 pub const DEFAULT_LORA_ANNOTATION: &str = "kvroute.io/lora-adapters";
 /// Default annotation overriding the engine port of one pod.
 pub const DEFAULT_PORT_ANNOTATION: &str = "kvroute.io/port";
+/// API group of the InferencePool, version v1 (the default).
+pub const POOL_GROUP_V1: &str = "inference.networking.k8s.io";
+/// The earlier API group of the InferencePool, version v1alpha2.
+pub const POOL_GROUP_ALPHA: &str = "inference.networking.x-k8s.io";
 
 /// Where workers come from besides the static `workers` list: exactly one of the two.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,12 +66,47 @@ pub struct InferencePoolDiscovery {
     pub name: String,
     /// The pool's namespace, where its pods are too.
     pub namespace: String,
+    /// API group: `inference.networking.k8s.io` (v1, the default) or
+    /// `inference.networking.x-k8s.io` (v1alpha2).
+    #[serde(default = "default_pool_group")]
+    pub api_group: String,
     /// As in [`KubernetesDiscovery::model_label`].
     #[serde(default = "default_model_label")]
     pub model_label: String,
     /// As in [`KubernetesDiscovery::lora_annotation`].
     #[serde(default = "default_lora_annotation")]
     pub lora_annotation: String,
+}
+
+impl InferencePoolDiscovery {
+    /// The pool `name` in `namespace`, v1, default labels.
+    pub fn new(name: &str, namespace: &str) -> InferencePoolDiscovery {
+        InferencePoolDiscovery {
+            name: name.to_owned(),
+            namespace: namespace.to_owned(),
+            api_group: default_pool_group(),
+            model_label: default_model_label(),
+            lora_annotation: default_lora_annotation(),
+        }
+    }
+}
+
+impl KubernetesDiscovery {
+    /// Pods matching `label_selector` in `namespace`, port 8000, default labels.
+    pub fn new(namespace: &str, label_selector: &str) -> KubernetesDiscovery {
+        KubernetesDiscovery {
+            namespaces: vec![namespace.to_owned()],
+            label_selector: label_selector.to_owned(),
+            port: default_port(),
+            model_label: default_model_label(),
+            lora_annotation: default_lora_annotation(),
+            port_annotation: default_port_annotation(),
+        }
+    }
+}
+
+fn default_pool_group() -> String {
+    POOL_GROUP_V1.to_owned()
 }
 
 fn default_port() -> u16 {
@@ -165,6 +204,12 @@ impl DiscoveryConfig {
                 }
                 if !is_dns_name(&p.namespace, false) {
                     return err("inference_pool.namespace", "must be a namespace name");
+                }
+                if p.api_group != POOL_GROUP_V1 && p.api_group != POOL_GROUP_ALPHA {
+                    return err(
+                        "inference_pool.api_group",
+                        "must be inference.networking.k8s.io or inference.networking.x-k8s.io",
+                    );
                 }
                 if p.model_label.is_empty() || p.lora_annotation.is_empty() {
                     return err(

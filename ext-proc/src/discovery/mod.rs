@@ -22,7 +22,10 @@ use tokio::sync::mpsc::{self, UnboundedReceiver};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
-pub use config::{DiscoveryConfig, InferencePoolDiscovery, KubernetesDiscovery, Source};
+pub use config::{
+    DiscoveryConfig, InferencePoolDiscovery, KubernetesDiscovery, POOL_GROUP_ALPHA, POOL_GROUP_V1,
+    Source,
+};
 
 use crate::config::WorkerConfig;
 use crate::health::Workers;

@@ -1,36 +1,61 @@
-//! The Gateway API Inference Extension `InferencePool` (inference.networking.k8s.io/v1): the
-//! parts discovery reads, and how they become a pod selector and ports.
+//! The Gateway API Inference Extension `InferencePool` (inference.networking.k8s.io/v1, and the
+//! earlier inference.networking.x-k8s.io/v1alpha2): the parts discovery reads, and how they
+//! become a pod selector and ports.
 
 use std::collections::BTreeMap;
 
 use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
 use serde::Deserialize;
 
-/// The InferencePool API resource.
-pub fn api_resource() -> ApiResource {
+/// The InferencePool API resource of `group` (v1 for inference.networking.k8s.io, v1alpha2
+/// for inference.networking.x-k8s.io).
+pub fn api_resource(group: &str) -> ApiResource {
+    let version = if group == crate::discovery::POOL_GROUP_ALPHA {
+        "v1alpha2"
+    } else {
+        "v1"
+    };
     ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("inference.networking.k8s.io", "v1", "InferencePool"),
+        &GroupVersionKind::gvk(group, version, "InferencePool"),
         "inferencepools",
     )
 }
 
-/// `spec` of an InferencePool, as far as discovery needs it.
+/// `spec` of an InferencePool, as far as discovery needs it: v1 (`selector.matchLabels`,
+/// `targetPorts`) or v1alpha2 (`selector` as a label map, `targetPortNumber`).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PoolSpec {
     /// Chooses the pool's pods.
     pub selector: PoolSelector,
-    /// Engine ports on every selected pod (1 to 8).
+    /// Engine ports on every selected pod (1 to 8; v1).
+    #[serde(default)]
     pub target_ports: Vec<TargetPort>,
+    /// The one engine port (v1alpha2).
+    pub target_port_number: Option<u16>,
 }
 
-/// `spec.selector` (v1 has only `matchLabels`).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct PoolSelector {
-    /// Labels every pod of the pool carries.
-    #[serde(default)]
-    pub match_labels: BTreeMap<String, String>,
+/// `spec.selector`: `{matchLabels: {...}}` in v1, the label map itself in v1alpha2.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum PoolSelector {
+    /// v1.
+    #[serde(rename_all = "camelCase")]
+    Match {
+        /// Labels every pod of the pool carries.
+        match_labels: BTreeMap<String, String>,
+    },
+    /// v1alpha2.
+    Labels(BTreeMap<String, String>),
+}
+
+impl PoolSelector {
+    fn labels(&self) -> &BTreeMap<String, String> {
+        match self {
+            PoolSelector::Match { match_labels } => match_labels,
+            PoolSelector::Labels(labels) => labels,
+        }
+    }
 }
 
 /// One `spec.targetPorts` entry.
@@ -58,18 +83,18 @@ pub fn target(pool: &DynamicObject) -> Result<PoolTarget, String> {
         .ok_or_else(|| "the InferencePool has no spec".to_owned())?;
     let spec: PoolSpec =
         PoolSpec::deserialize(spec).map_err(|e| format!("InferencePool spec: {e}"))?;
-    if spec.selector.match_labels.is_empty() {
+    let labels = spec.selector.labels();
+    if labels.is_empty() {
         return Err("spec.selector.matchLabels is empty (it would select every pod)".to_owned());
     }
     let mut ports: Vec<u16> = spec.target_ports.iter().map(|p| p.number).collect();
+    ports.extend(spec.target_port_number);
     ports.sort_unstable();
     ports.dedup();
     if ports.is_empty() || ports.contains(&0) {
         return Err("spec.targetPorts must list ports between 1 and 65535".to_owned());
     }
-    let label_selector = spec
-        .selector
-        .match_labels
+    let label_selector = labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
@@ -111,5 +136,22 @@ mod tests {
         let mut p = pool();
         p.data.as_object_mut().unwrap().remove("spec");
         assert!(target(&p).is_err());
+    }
+
+    #[test]
+    fn reads_the_v1alpha2_shape() {
+        let mut p = pool();
+        p.data["spec"] = serde_json::json!({
+            "selector": {"app": "vllm"},
+            "targetPortNumber": 8000,
+            "extensionRef": {"name": "epp"}
+        });
+        let t = target(&p).unwrap();
+        assert_eq!(t.label_selector, "app=vllm");
+        assert_eq!(t.ports, vec![8000]);
+        assert_eq!(
+            api_resource(crate::discovery::POOL_GROUP_ALPHA).api_version,
+            "inference.networking.x-k8s.io/v1alpha2"
+        );
     }
 }

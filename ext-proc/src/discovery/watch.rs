@@ -119,7 +119,7 @@ pub async fn inference_pool(
     tx: UnboundedSender<SourceUpdate>,
 ) {
     const SOURCE: &str = "inference-pool";
-    let resource = pool::api_resource();
+    let resource = pool::api_resource(&config.api_group);
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), &config.namespace, &resource);
     let pods_api: Api<Pod> = Api::namespaced(client, &config.namespace);

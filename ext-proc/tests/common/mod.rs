@@ -76,6 +76,8 @@ impl FakeWorker {
 pub fn config(workers: &[&FakeWorker]) -> Config {
     Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        health_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         health: HealthConfig {
             interval_ms: 100,

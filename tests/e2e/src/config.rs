@@ -15,10 +15,10 @@ use crate::certs::ClientTls;
 /// How ext_proc receives request bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum BodyMode {
-    /// As shipped: `BUFFERED`.
-    #[default]
+    /// The documented alternative: `BUFFERED` (request trailers skipped).
     Buffered,
-    /// The documented alternative: `FULL_DUPLEX_STREAMED` (with trailers sent).
+    /// As shipped: `FULL_DUPLEX_STREAMED` (with trailers sent).
+    #[default]
     FullDuplexStreamed,
 }
 
@@ -31,8 +31,9 @@ pub struct EnvoyLayout {
     pub kvroute_grpc: SocketAddr,
     /// The engines (the `engines` cluster, when it lists endpoints).
     pub engines: Vec<SocketAddr>,
-    /// ext_proc request body mode.
-    pub body_mode: BodyMode,
+    /// ext_proc request body mode; `None` leaves the config's processing modes as written
+    /// (the gateway-generated configs).
+    pub body_mode: Option<BodyMode>,
     /// Connect to kvroute over mutual TLS with these files (adds the `kvroute` cluster's
     /// `transport_socket`, as documented in `envoy/README.md`).
     pub kvroute_tls: Option<ClientTls>,
@@ -49,8 +50,8 @@ pub fn render_envoy_config(template: &str, layout: &EnvoyLayout) -> anyhow::Resu
         "gateway",
         SocketAddr::from(([127, 0, 0, 1], layout.listen_port)),
     )?;
-    if layout.body_mode == BodyMode::FullDuplexStreamed {
-        set_full_duplex(config.listener("gateway")?)?;
+    if let Some(mode) = layout.body_mode {
+        set_body_mode(config.listener("gateway")?, mode)?;
     }
     if let Some(timeout) = &layout.per_try_timeout {
         set_per_try_timeout(config.listener("gateway")?, timeout)?;
@@ -229,15 +230,41 @@ fn socket_address(addr: SocketAddr) -> anyhow::Result<Value> {
     Ok(serde_yaml_ng::to_value(socket_json(addr))?)
 }
 
-/// Replaces a cluster's `load_assignment.endpoints` with one locality holding `addrs`.
+/// Replaces a cluster's `load_assignment.endpoints` with one locality holding `addrs`. When
+/// the template's first endpoint carries `metadata.filter_metadata.<ns>.<key>: "ip:port"`
+/// (kgateway's subset clusters), every endpoint gets its own address there.
 fn set_endpoints(cluster: &mut Value, addrs: &[SocketAddr]) -> anyhow::Result<()> {
+    let address_key = endpoint_address_metadata(cluster);
     let lb_endpoints = addrs
         .iter()
-        .map(|a| json!({ "endpoint": { "address": socket_json(*a) } }))
+        .map(|a| {
+            let mut e = json!({ "endpoint": { "address": socket_json(*a) } });
+            if let Some((ns, key)) = &address_key {
+                e["metadata"] = json!({ "filter_metadata": { ns: { key: a.to_string() } } });
+            }
+            e
+        })
         .collect::<Vec<_>>();
     let endpoints = serde_yaml_ng::to_value(json!([{ "lb_endpoints": lb_endpoints }]))?;
     *field(field(cluster, "load_assignment")?, "endpoints")? = endpoints;
     Ok(())
+}
+
+/// `(namespace, key)` of the first endpoint's metadata entry holding its own address.
+fn endpoint_address_metadata(cluster: &Value) -> Option<(String, String)> {
+    let first = cluster
+        .get("load_assignment")?
+        .get("endpoints")?
+        .get(0)?
+        .get("lb_endpoints")?
+        .get(0)?;
+    let metadata = first
+        .get("metadata")?
+        .get("filter_metadata")?
+        .as_mapping()?;
+    let (ns, entries) = metadata.iter().next()?;
+    let (key, _) = entries.as_mapping()?.iter().next()?;
+    Some((ns.as_str()?.to_owned(), key.as_str()?.to_owned()))
 }
 
 /// `{socket_address: {...}}` as JSON.
@@ -281,15 +308,20 @@ fn ext_proc_config(hcm: &mut Value) -> anyhow::Result<&mut serde_yaml_ng::Mappin
     .ok_or_else(|| anyhow!("Envoy config: ext_proc typed_config is not a mapping"))
 }
 
-/// Switches every ext_proc filter of the listener to `FULL_DUPLEX_STREAMED` request bodies.
-fn set_full_duplex(listener: &mut Value) -> anyhow::Result<()> {
-    edit_connection_managers(listener, "switch to FULL_DUPLEX_STREAMED", |hcm| {
+/// Sets the request body mode of every ext_proc filter of the listener (trailers sent with
+/// `FULL_DUPLEX_STREAMED`, skipped with `BUFFERED`).
+fn set_body_mode(listener: &mut Value, body_mode: BodyMode) -> anyhow::Result<()> {
+    let (body, trailers) = match body_mode {
+        BodyMode::Buffered => ("BUFFERED", "SKIP"),
+        BodyMode::FullDuplexStreamed => ("FULL_DUPLEX_STREAMED", "SEND"),
+    };
+    edit_connection_managers(listener, "set the request body mode of", |hcm| {
         let mode = ext_proc_config(hcm)?
             .get_mut("processing_mode")
             .and_then(Value::as_mapping_mut)
             .ok_or_else(|| anyhow!("Envoy config: processing_mode is not a mapping"))?;
-        mode.insert("request_body_mode".into(), "FULL_DUPLEX_STREAMED".into());
-        mode.insert("request_trailer_mode".into(), "SEND".into());
+        mode.insert("request_body_mode".into(), body.into());
+        mode.insert("request_trailer_mode".into(), trailers.into());
         Ok(())
     })
 }

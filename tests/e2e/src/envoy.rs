@@ -69,7 +69,7 @@ impl Envoy {
         if fail_closed {
             rendered = set_failure_mode_allow(&rendered, false)?;
         }
-        let config_path = log_dir.join(format!("rendered-{name}-{config}"));
+        let config_path = log_dir.join(format!("rendered-{name}-{}", config.replace('/', "-")));
         std::fs::write(&config_path, rendered)?;
         let run = EnvoyRun {
             timeout,

@@ -92,9 +92,13 @@ pub fn envoy_bin() -> anyhow::Result<PathBuf> {
     )
 }
 
-/// A shipped Envoy config, `<workspace>/envoy/<name>`.
+/// A shipped Envoy config, `<workspace>/envoy/<name>`, or for `gateways/<shape>` a
+/// gateway-generated one under `tests/e2e/gateways/`.
 pub fn envoy_config(name: &str) -> PathBuf {
-    workspace_root().join("envoy").join(name)
+    match name.strip_prefix("gateways/") {
+        Some(shape) => workspace_root().join("tests/e2e/gateways").join(shape),
+        None => workspace_root().join("envoy").join(name),
+    }
 }
 
 /// A fresh, empty `<target>/e2e-logs/<test>/` directory for one test's process logs.

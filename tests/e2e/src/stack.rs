@@ -23,8 +23,8 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct StackBuilder {
     test: String,
     engines: usize,
-    policy: String,
-    body_mode: BodyMode,
+    policy: Option<String>,
+    body_mode: Option<BodyMode>,
     health_interval_ms: u64,
     time_scale: f64,
     outsider: bool,
@@ -124,13 +124,23 @@ impl StackBuilder {
 
     /// kvroute policy name (default `round_robin`).
     pub fn policy(mut self, name: &str) -> Self {
-        self.policy = name.to_string();
+        self.policy = Some(name.to_string());
         self
     }
 
-    /// ext_proc request body mode (default as shipped, `BUFFERED`).
+    /// ext_proc request body mode (default as shipped, `FULL_DUPLEX_STREAMED`).
     pub fn body_mode(mut self, mode: BodyMode) -> Self {
-        self.body_mode = mode;
+        self.body_mode = Some(mode);
+        self
+    }
+
+    /// The Envoy config a gateway generates for an InferencePool route
+    /// (`tests/e2e/gateways/<shape>.yaml`, processing modes as generated), and kvroute on its
+    /// defaults: no policy flag, no endpoint-list length.
+    pub fn gateway(mut self, shape: &str) -> Self {
+        self.envoy_config = format!("gateways/{shape}.yaml");
+        self.policy = None;
+        self.body_mode = None;
         self
     }
 
@@ -244,13 +254,27 @@ impl StackBuilder {
             "serve".to_string(),
             "--grpc-addr".into(),
             "127.0.0.1:0".into(),
+            "--health-addr".into(),
+            "127.0.0.1:0".into(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
             "--admin-addr".into(),
             "127.0.0.1:0".into(),
-            "--policy".into(),
-            self.policy.clone(),
             "--health-interval-ms".into(),
             self.health_interval_ms.to_string(),
         ];
+        if let Some(policy) = &self.policy {
+            args.extend(["--policy".into(), policy.clone()]);
+        }
+        // kvroute's own override_host config walks a fallback list and opts in to one, as
+        // the shipped compose file and manifests do.
+        let sets_list = self
+            .kvroute_config
+            .as_deref()
+            .is_some_and(|y| y.contains("max_endpoints"));
+        if self.envoy_config == "envoy.yaml" && !sets_list {
+            args.extend(["--max-endpoints".into(), "3".into()]);
+        }
         let pki = if self.kvroute_tls {
             Some(TestPki::generate(&log_dir.join("pki"))?)
         } else {
@@ -360,7 +384,7 @@ pub struct Stack {
     envoy: Option<Envoy>,
     envoy_bin: PathBuf,
     envoy_config: String,
-    body_mode: BodyMode,
+    body_mode: Option<BodyMode>,
     /// Envoy's client side of kvroute's mutual TLS, when the stack uses it.
     kvroute_tls: Option<crate::certs::ClientTls>,
     per_try_timeout: Option<String>,
@@ -482,8 +506,8 @@ impl Stack {
         StackBuilder {
             test: test.to_string(),
             engines: 4,
-            policy: "round_robin".to_string(),
-            body_mode: BodyMode::Buffered,
+            policy: Some("round_robin".to_string()),
+            body_mode: Some(BodyMode::default()),
             health_interval_ms: 200,
             time_scale: DEFAULT_TIME_SCALE,
             outsider: false,

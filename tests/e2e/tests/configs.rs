@@ -32,7 +32,7 @@ fn layout(body_mode: BodyMode) -> EnvoyLayout {
         listen_port: 18000,
         kvroute_grpc: addr(19002),
         engines: vec![addr(18101), addr(18102)],
-        body_mode,
+        body_mode: Some(body_mode),
         kvroute_tls: None,
         per_try_timeout: None,
     }
@@ -84,7 +84,7 @@ fn render_changes_only_addresses_and_body_mode() {
     let template = std::fs::read_to_string(paths::envoy_config("envoy.yaml")).expect("readable");
     let shipped: Value = serde_yaml_ng::from_str(&template).expect("YAML");
     let rendered: Value = serde_yaml_ng::from_str(
-        &render_envoy_config(&template, &layout(BodyMode::FullDuplexStreamed)).expect("renders"),
+        &render_envoy_config(&template, &layout(BodyMode::Buffered)).expect("renders"),
     )
     .expect("YAML");
     let engines = &cluster(&rendered, "engines")["load_assignment"]["endpoints"][0]["lb_endpoints"];
@@ -107,11 +107,13 @@ fn render_changes_only_addresses_and_body_mode() {
             .expect("ext_proc filter")
     };
     let mode = &ext_proc(&rendered)["typed_config"]["processing_mode"];
+    assert_eq!(mode["request_body_mode"].as_str(), Some("BUFFERED"));
+    assert_eq!(mode["request_trailer_mode"].as_str(), Some("SKIP"));
     assert_eq!(
-        mode["request_body_mode"].as_str(),
-        Some("FULL_DUPLEX_STREAMED")
+        ext_proc(&shipped)["typed_config"]["processing_mode"]["request_body_mode"].as_str(),
+        Some("FULL_DUPLEX_STREAMED"),
+        "the shipped mode is the endpoint-picker protocol's"
     );
-    assert_eq!(mode["request_trailer_mode"].as_str(), Some("SEND"));
     // Everything else of the ext_proc filter and the engines' policy is the shipped one.
     let mut shipped_ext = ext_proc(&shipped);
     let mut rendered_ext = ext_proc(&rendered);
@@ -146,11 +148,22 @@ fn default_config_is_safe_by_construction() {
     assert_eq!(ext["failure_mode_allow"].as_bool(), Some(true), "fail-open");
     assert_eq!(
         ext["processing_mode"]["request_body_mode"].as_str(),
-        Some("BUFFERED")
+        Some("FULL_DUPLEX_STREAMED"),
+        "the body mode every gateway uses"
+    );
+    assert_eq!(
+        ext["processing_mode"]["request_trailer_mode"].as_str(),
+        Some("SEND"),
+        "FULL_DUPLEX_STREAMED needs trailers sent"
     );
     assert_eq!(
         ext["processing_mode"]["response_body_mode"].as_str(),
         Some("NONE")
+    );
+    assert_eq!(
+        ext["response_attributes"][0].as_str(),
+        Some("response.code_details"),
+        "kvroute tells proxy-made errors from the engine's"
     );
     let namespaces = &ext["metadata_options"]["receiving_namespaces"]["untyped"];
     assert_eq!(namespaces[0].as_str(), Some("envoy.lb"));
@@ -251,4 +264,46 @@ fn rendered_mutual_tls_to_kvroute_passes_envoy_validate() {
     let out = dir.join("envoy-tls.yaml");
     std::fs::write(&out, rendered).expect("written");
     envoy_validates(&out);
+}
+
+/// The Envoy configs the gateways generate for an InferencePool route (the e2e fixtures).
+const GATEWAY_SHAPES: [&str; 4] = ["envoy-gateway", "gie-test-envoy", "istio", "kgateway"];
+
+#[test]
+fn gateway_shapes_render_as_generated_and_pass_envoy_validate() {
+    let dir = paths::log_dir("gateway_shapes_render_as_generated").expect("log dir");
+    for shape in GATEWAY_SHAPES {
+        let file = format!("gateways/{shape}.yaml");
+        envoy_validates(&paths::envoy_config(&file));
+        let template = std::fs::read_to_string(paths::envoy_config(&file)).expect("readable");
+        let layout = EnvoyLayout {
+            body_mode: None,
+            ..layout(BodyMode::Buffered)
+        };
+        let rendered = render_envoy_config(&template, &layout).expect("renders");
+        let out = dir.join(format!("{shape}.yaml"));
+        std::fs::write(&out, &rendered).expect("written");
+        envoy_validates(&out);
+        // The processing modes stay as the gateway generated them.
+        assert!(
+            !rendered.contains("BUFFERED") && rendered.contains("FULL_DUPLEX_STREAMED"),
+            "{shape}: body mode changed"
+        );
+        let doc: Value = serde_yaml_ng::from_str(&rendered).expect("YAML");
+        let engines = cluster(&doc, "engines");
+        if let Some(endpoints) =
+            engines["load_assignment"]["endpoints"][0]["lb_endpoints"].as_sequence()
+        {
+            assert_eq!(endpoints.len(), 2, "{shape}");
+            for (e, port) in endpoints.iter().zip([18101, 18102]) {
+                let meta =
+                    &e["metadata"]["filter_metadata"]["envoy.lb"]["x-gateway-destination-endpoint"];
+                if shape == "kgateway" {
+                    assert_eq!(meta.as_str(), Some(format!("127.0.0.1:{port}").as_str()));
+                } else {
+                    assert!(meta.is_null(), "{shape}: unexpected endpoint metadata");
+                }
+            }
+        }
+    }
 }

@@ -83,8 +83,8 @@ async fn check_every_engine_serves_both(stack: &Stack) -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn mixed_fleet_normalizes_bodies_buffered() -> anyhow::Result<()> {
-    let stack = Stack::builder("mixed_fleet_normalizes_bodies_buffered")
+async fn mixed_fleet_normalizes_bodies_full_duplex() -> anyhow::Result<()> {
+    let stack = Stack::builder("mixed_fleet_normalizes_bodies_full_duplex")
         .engine_specs(mixed())
         .policy("round_robin")
         .start()
@@ -93,11 +93,11 @@ async fn mixed_fleet_normalizes_bodies_buffered() -> anyhow::Result<()> {
 }
 
 #[tokio::test]
-async fn mixed_fleet_normalizes_bodies_full_duplex() -> anyhow::Result<()> {
-    let stack = Stack::builder("mixed_fleet_normalizes_bodies_full_duplex")
+async fn mixed_fleet_normalizes_bodies_buffered() -> anyhow::Result<()> {
+    let stack = Stack::builder("mixed_fleet_normalizes_bodies_buffered")
         .engine_specs(mixed())
         .policy("round_robin")
-        .body_mode(BodyMode::FullDuplexStreamed)
+        .body_mode(BodyMode::Buffered)
         .start()
         .await?;
     check_every_engine_serves_both(&stack).await

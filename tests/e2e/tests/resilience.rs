@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use kvroute_e2e::load::{chat_load, collect, failed};
 use kvroute_e2e::openai::{chat_body, chat_with_system, read_sse, sim_id};
-use kvroute_e2e::{MODEL, Stack};
+use kvroute_e2e::{BodyMode, MODEL, Stack};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,10 +56,43 @@ async fn killed_worker_is_routed_around_and_reported_unhealthy() -> anyhow::Resu
     Ok(())
 }
 
+/// A picker known to be down (Envoy's health check noticed) costs nothing in duplex mode:
+/// the ext_proc stream fails at once and Envoy fails open before any body is streamed.
+/// Requests already streaming to the picker when it died are the ones duplex cannot save.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kvroute_known_down_fails_open_in_duplex_mode() -> anyhow::Result<()> {
+    let mut stack = Stack::builder("kvroute_known_down_fails_open_in_duplex_mode")
+        .policy("cache_aware")
+        .start()
+        .await?;
+    stack.kill_kvroute();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stack.envoy_cluster_healthy("kvroute").await? {
+        anyhow::ensure!(Instant::now() < deadline, "Envoy never noticed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut engines = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        let resp = stack
+            .post(
+                "/v1/chat/completions",
+                &chat_body(MODEL, &format!("while down {i}"), true, 2),
+            )
+            .await?;
+        assert_eq!(resp.status(), 200, "request {i} while kvroute is down");
+        engines.insert(sim_id(&resp));
+        let _ = resp.bytes().await?;
+    }
+    assert!(engines.len() >= 2, "fallback round robin: {engines:?}");
+    Ok(())
+}
+
+/// In BUFFERED mode even requests in flight when the picker dies fail open.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kvroute_restart_fails_open_then_routing_resumes() -> anyhow::Result<()> {
     let mut stack = Stack::builder("kvroute_restart_fails_open_then_routing_resumes")
         .policy("cache_aware")
+        .body_mode(BodyMode::Buffered)
         .start()
         .await?;
     let stop = Arc::new(AtomicBool::new(false));

@@ -423,9 +423,23 @@ async fn long_prompt_routes_within_buffer_limits() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_duplex_streamed_body_mode_routes() -> anyhow::Result<()> {
-    let stack = Stack::builder("full_duplex_streamed_body_mode_routes")
+    body_mode_routes(
+        "full_duplex_streamed_body_mode_routes",
+        BodyMode::FullDuplexStreamed,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_body_mode_routes() -> anyhow::Result<()> {
+    body_mode_routes("buffered_body_mode_routes", BodyMode::Buffered).await
+}
+
+/// Long and short prompts, streamed and not, and a bad body, through one body mode.
+async fn body_mode_routes(test: &str, mode: BodyMode) -> anyhow::Result<()> {
+    let stack = Stack::builder(test)
         .policy("cache_aware")
-        .body_mode(BodyMode::FullDuplexStreamed)
+        .body_mode(mode)
         .start()
         .await?;
     let ids = engine_ids(&stack);

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kvroute_e2e::openai::{chat_with_system, completion_body, read_sse};
-use kvroute_e2e::{MODEL, Stack};
+use kvroute_e2e::{BodyMode, MODEL, Stack};
 use serde_json::{Value, json};
 
 /// Concurrent client loops.
@@ -304,8 +304,11 @@ async fn soak_under_faults_loses_nothing_and_stays_flat() -> anyhow::Result<()> 
     // A small prefix-index bound, reached within seconds: after that, growth is a leak.
     let config =
         "router:\n  model_policies:\n    sim-model: {name: cache_aware, max_index_bytes: 262144}\n";
+    // Losing nothing across a picker crash needs BUFFERED: in FULL_DUPLEX_STREAMED Envoy
+    // cannot fail open once a body has streamed to the dead picker (envoy/README.md).
     let mut stack = Stack::builder("soak")
         .policy("cache_aware")
+        .body_mode(BodyMode::Buffered)
         .kvroute_config(config)
         .health_interval_ms(200)
         .start()
