@@ -243,6 +243,9 @@ impl StreamHandler {
                         code_details.as_deref(),
                         proto::find_header(headers, UPSTREAM_TIMING_HEADER).is_some(),
                     );
+                    self.shared
+                        .metrics
+                        .record_response(origin, served.is_some());
                     guard.response_started(ResponseReport {
                         served: served.as_deref(),
                         status,

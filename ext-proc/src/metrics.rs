@@ -20,6 +20,16 @@ pub struct DecisionLabels {
     pub outcome: &'static str,
 }
 
+/// Labels of `kvroute_responses_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// Who produced the response headers: `upstream`, `proxy` or `unknown`.
+    pub origin: &'static str,
+    /// `reported` when the proxy named the endpoint that served, `assumed` otherwise (the
+    /// pick is credited).
+    pub served: &'static str,
+}
+
 /// Labels of the per-worker gauges.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WorkerLabels {
@@ -42,6 +52,7 @@ pub struct Metrics {
     /// Metrics about engine metrics scraping.
     pub scrape: crate::scrape::ScrapeMetrics,
     kv_event_batches: Family<KvEventLabels, Counter>,
+    responses: Family<ResponseLabels, Counter>,
 }
 
 /// Labels of `kvroute_kv_event_batches_total`.
@@ -131,6 +142,13 @@ impl Metrics {
             "Engine KV-cache use 0..1, as last scraped (absent when stale)",
             worker_kv_usage.clone(),
         );
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "kvroute_responses",
+            "Response headers of routed requests, by origin and whether the proxy reported the \
+             endpoint that served",
+            responses.clone(),
+        );
         let scrape = crate::scrape::ScrapeMetrics::default();
         scrape.register(&mut registry);
         Metrics {
@@ -146,7 +164,21 @@ impl Metrics {
             worker_healthy,
             requests_in_flight,
             kv_event_batches,
+            responses,
         }
+    }
+
+    /// Counts the response headers of a routed request.
+    pub fn record_response(&self, origin: kvroute_core::ResponseOrigin, reported: bool) {
+        let origin = match origin {
+            kvroute_core::ResponseOrigin::Upstream => "upstream",
+            kvroute_core::ResponseOrigin::Proxy => "proxy",
+            kvroute_core::ResponseOrigin::Unknown => "unknown",
+        };
+        let served = if reported { "reported" } else { "assumed" };
+        self.responses
+            .get_or_create(&ResponseLabels { origin, served })
+            .inc();
     }
 
     /// Counts one KV-event batch (or resync) of `worker`.

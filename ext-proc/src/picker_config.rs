@@ -20,7 +20,7 @@ pub const API_VERSIONS: [&str; 2] = [
 
 /// Plugin types kvroute honours, for error messages.
 const SUPPORTED: &str = "queue-scorer, kv-cache-utilization-scorer, prefix-cache-scorer, \
-                         lora-affinity-scorer, session-affinity-scorer, max-score-picker, \
+                         lora-affinity-scorer, session-affinity-scorer, max-score-picker, random-picker, \
                          single-profile-handler, metrics-data-source, core-metrics-extractor";
 
 /// The file, as far as kvroute reads it (unknown top-level keys are errors).
@@ -213,6 +213,7 @@ pub fn translate(text: &str) -> Result<Translated, String> {
         ..ScorerConfig::default()
     };
     let mut max_endpoints = None;
+    let mut random = false;
     let mut metrics_path = None;
     let mut scorers = 0;
     for (name, plugin) in &by_name {
@@ -243,7 +244,8 @@ pub fn translate(text: &str) -> Result<Translated, String> {
             }
             "lora-affinity-scorer" => Some(&mut config.weights.lora),
             "session-affinity-scorer" => Some(&mut config.weights.session),
-            "max-score-picker" => {
+            "max-score-picker" | "random-picker" => {
+                random = plugin.kind == "random-picker";
                 let params: MaxScoreParams = params(plugin)?;
                 if let Some(n) = params.max_num_of_endpoints {
                     if n == 0 {
@@ -290,6 +292,15 @@ pub fn translate(text: &str) -> Result<Translated, String> {
             *w += weight;
             scorers += usize::from(referenced);
         }
+    }
+    if random {
+        // The random picker draws uniformly and ignores the scores.
+        return Ok(Translated {
+            policy: PolicyConfig::Random,
+            max_endpoints,
+            metrics_path,
+            warnings,
+        });
     }
     if scorers == 0 {
         return Err("the scheduling profile references no scorer".to_owned());
@@ -354,6 +365,17 @@ mod tests {
         assert_eq!(scorer(&t).block_bytes, 128);
         assert_eq!(scorer(&t).weights.prefix, 1.0);
         assert_eq!(t.max_endpoints, Some(3));
+    }
+
+    #[test]
+    fn the_random_picker_routes_at_random() {
+        let t = translate(
+            "apiVersion: inference.networking.x-k8s.io/v1alpha1\nkind: EndpointPickerConfig\n\
+             plugins:\n- type: random-picker\n  parameters: {maxNumOfEndpoints: 2}\n",
+        )
+        .unwrap();
+        assert_eq!(t.policy, PolicyConfig::Random);
+        assert_eq!(t.max_endpoints, Some(2));
     }
 
     #[test]

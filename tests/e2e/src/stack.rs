@@ -40,6 +40,7 @@ pub struct StackBuilder {
     sim_args: Vec<(usize, Vec<String>)>,
     unready: Vec<usize>,
     all_sim_args: Vec<String>,
+    exact_args: Option<Vec<String>>,
 }
 
 impl StackBuilder {
@@ -131,6 +132,14 @@ impl StackBuilder {
     /// ext_proc request body mode (default as shipped, `FULL_DUPLEX_STREAMED`).
     pub fn body_mode(mut self, mode: BodyMode) -> Self {
         self.body_mode = Some(mode);
+        self
+    }
+
+    /// Starts kvroute with exactly these arguments (no subcommand, addresses, policy or
+    /// workers added: the Helm chart's argument list). Implies [`Self::discovered_workers`].
+    pub fn kvroute_exact_args(mut self, args: &[&str]) -> Self {
+        self.exact_args = Some(args.iter().map(|a| a.to_string()).collect());
+        self.static_workers = false;
         self
     }
 
@@ -294,7 +303,7 @@ impl StackBuilder {
                 args.push(format!("http://{}", sim.addr));
             }
         }
-        stack.kvroute_args = args;
+        stack.kvroute_args = self.exact_args.clone().unwrap_or(args);
         let kvroute = stack.spawn_kvroute("kvroute", None).await?;
         let grpc = kvroute.grpc;
         stack.kvroute = Some(kvroute);
@@ -366,6 +375,7 @@ impl StackBuilder {
 /// The running kvroute.
 struct Kvroute {
     grpc: SocketAddr,
+    health: SocketAddr,
     admin: SocketAddr,
     proc: Proc,
 }
@@ -523,6 +533,7 @@ impl Stack {
             sim_args: Vec::new(),
             unready: Vec::new(),
             all_sim_args: Vec::new(),
+            exact_args: None,
         }
     }
 
@@ -706,6 +717,16 @@ impl Stack {
         }
     }
 
+    /// kvroute's plaintext gRPC health address.
+    pub fn kvroute_health_addr(&self) -> Option<SocketAddr> {
+        self.kvroute.as_ref().map(|k| k.health)
+    }
+
+    /// kvroute's ext_proc gRPC address.
+    pub fn kvroute_grpc_addr(&self) -> Option<SocketAddr> {
+        self.kvroute.as_ref().map(|k| k.grpc)
+    }
+
     /// kvroute's process id (for memory sampling).
     pub fn kvroute_pid(&self) -> Option<u32> {
         self.kvroute.as_ref().map(|k| k.proc.pid())
@@ -873,8 +894,13 @@ impl Stack {
             &self.log_dir,
         )?;
         let line = proc.wait_for_line("kvroute ready ", READY_TIMEOUT).await?;
-        let (grpc, admin) = parse_kvroute_ready(&line)?;
-        Ok(Kvroute { grpc, admin, proc })
+        let [grpc, health, admin] = parse_kvroute_ready(&line)?;
+        Ok(Kvroute {
+            grpc,
+            health,
+            admin,
+            proc,
+        })
     }
 
     /// Envoy's captured output so far (access log lines start with `[<time>] "`; they
@@ -923,13 +949,21 @@ impl Drop for Stack {
     }
 }
 
-/// Reads `kvroute ready grpc=IP:PORT admin=IP:PORT`.
-fn parse_kvroute_ready(line: &str) -> anyhow::Result<(SocketAddr, SocketAddr)> {
+/// Reads the gRPC, health and admin addresses of `kvroute ready grpc=IP:PORT
+/// health=IP:PORT metrics=IP:PORT admin=IP:PORT`; an unspecified address (`[::]`, `0.0.0.0`)
+/// becomes loopback, where a local client reaches it.
+fn parse_kvroute_ready(line: &str) -> anyhow::Result<[SocketAddr; 3]> {
     let value = |key: &str| -> anyhow::Result<SocketAddr> {
-        line.split_whitespace()
+        let addr: SocketAddr = line
+            .split_whitespace()
             .find_map(|word| word.strip_prefix(key))
             .and_then(|v| v.parse().ok())
-            .ok_or_else(|| anyhow!("no {key}IP:PORT in kvroute's ready line {line:?}"))
+            .ok_or_else(|| anyhow!("no {key}IP:PORT in kvroute's ready line {line:?}"))?;
+        Ok(if addr.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        })
     };
-    Ok((value("grpc=")?, value("admin=")?))
+    Ok([value("grpc=")?, value("health=")?, value("admin=")?])
 }
