@@ -154,3 +154,24 @@ fn check_config_reads_the_charts_endpoint_picker_config() {
     );
     assert!(stdout.contains("policy: scorer"), "{stdout}");
 }
+
+#[test]
+fn a_missing_certificate_directory_is_a_one_line_error_and_nothing_starts() {
+    let out = Command::new(BIN)
+        .args([
+            "--cert-path",
+            "/nonexistent/kvroute-certs",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("tls.cert_file") && stderr.contains("/nonexistent/kvroute-certs/tls.crt"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+    assert!(out.stdout.is_empty(), "nothing started");
+}
