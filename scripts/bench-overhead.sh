@@ -72,7 +72,8 @@ for a in "${engine_addrs[@]}"; do
   engine_flags+=(--engine "$a")
 done
 start "$run_dir/kvroute.log" "$kvroute" serve --policy cache_aware "${worker_flags[@]}" \
-  --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$KVROUTE_ADMIN_PORT"
+  --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$KVROUTE_ADMIN_PORT" \
+  --health-addr 127.0.0.1:0 --metrics-addr 127.0.0.1:0 --max-endpoints 3
 kvroute_pid=${pids[-1]}
 wait_http "http://127.0.0.1:$KVROUTE_ADMIN_PORT/readyz" "$kvroute_pid" "kvroute"
 

@@ -42,6 +42,9 @@ run_policy() {
   cat >"$out/kvroute.yaml" <<YAML
 grpc_addr: 127.0.0.1:19012
 admin_addr: 127.0.0.1:19013
+health_addr: 127.0.0.1:0
+metrics_addr: 127.0.0.1:0
+router: {max_endpoints: 3}
 kv_events: {enabled: true, endpoint: ''}
 tokenizer: {path: $tok}
 workers:

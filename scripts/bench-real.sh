@@ -89,7 +89,10 @@ for i in "${!policies[@]}"; do
   {
     echo "grpc_addr: 127.0.0.1:$grpc"
     echo "admin_addr: 127.0.0.1:$kv_admin"
+    echo "health_addr: 127.0.0.1:0"
+    echo "metrics_addr: 127.0.0.1:0"
     echo "router:"
+    echo "  max_endpoints: 3"
     echo "  policy: {name: $policy}"
     # The llama.cpp server answers /v1/models only between requests (a cold 300-token
     # prefill takes seconds): a probe timeout shorter than a request would eject busy servers.

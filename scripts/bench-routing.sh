@@ -114,7 +114,10 @@ for i in "${!policies[@]}"; do
   {
     echo "grpc_addr: 127.0.0.1:$grpc"
     echo "admin_addr: 127.0.0.1:$kv_admin"
+    echo "health_addr: 127.0.0.1:0"
+    echo "metrics_addr: 127.0.0.1:0"
     echo "router:"
+    echo "  max_endpoints: 3"
     echo "  policy: $(policy_yaml "${policies[$i]}")"
     echo "health: {interval_ms: 500}"
     echo "workers:"

@@ -28,7 +28,9 @@ KVROUTE_ENGINE_PORTS=(18001 18002 18003 18004)
 RR_ENGINE_PORTS=(18005 18006 18007 18008)
 MODEL=demo-model
 GRPC_PORT=19002
-KVROUTE_ADMIN_PORT=19003
+KVROUTE_HEALTH_PORT=19003
+KVROUTE_METRICS_PORT=19090
+KVROUTE_ADMIN_PORT=19004
 ENVOY_ADMIN_PORT=19901
 RR_PORT=10100
 KVROUTE_PORT=10101
@@ -44,7 +46,7 @@ kv_blocks=${DEMO_KV_BLOCKS:-1024}
 command -v curl >/dev/null || die "curl is required"
 mkdir -p "$run_dir"
 check_ports_free "${KVROUTE_ENGINE_PORTS[@]}" "${RR_ENGINE_PORTS[@]}" "$GRPC_PORT" \
-  "$KVROUTE_ADMIN_PORT" "$ENVOY_ADMIN_PORT" "$RR_PORT" "$KVROUTE_PORT"
+  "$KVROUTE_HEALTH_PORT" "$KVROUTE_METRICS_PORT" "$KVROUTE_ADMIN_PORT" "$ENVOY_ADMIN_PORT" "$RR_PORT" "$KVROUTE_PORT"
 
 if [ -n "${KVROUTE_BIN_DIR:-}" ]; then
   bin_dir=$KVROUTE_BIN_DIR
@@ -86,10 +88,13 @@ for p in "${RR_ENGINE_PORTS[@]}"; do
 done
 
 start "$run_dir/kvroute.log" "$kvroute" serve --policy cache_aware "${worker_flags[@]}" \
-  --grpc-addr "127.0.0.1:$GRPC_PORT" --admin-addr "127.0.0.1:$KVROUTE_ADMIN_PORT"
+  --grpc-addr "127.0.0.1:$GRPC_PORT" --health-addr "127.0.0.1:$KVROUTE_HEALTH_PORT" \
+  --metrics-addr "127.0.0.1:$KVROUTE_METRICS_PORT" --admin-addr "127.0.0.1:$KVROUTE_ADMIN_PORT" \
+  --max-endpoints 3
 kvroute_pid=${pids[-1]}
 wait_http "http://127.0.0.1:$KVROUTE_ADMIN_PORT/readyz" "$kvroute_pid" "kvroute"
-log "kvroute up (cache_aware; gRPC :$GRPC_PORT, admin :$KVROUTE_ADMIN_PORT)"
+log "kvroute up (cache_aware; gRPC :$GRPC_PORT, health :$KVROUTE_HEALTH_PORT, metrics \
+:$KVROUTE_METRICS_PORT, admin :$KVROUTE_ADMIN_PORT)"
 
 "$bench" envoy-config --template envoy/envoy.yaml --admin "127.0.0.1:$ENVOY_ADMIN_PORT" \
   --listen "127.0.0.1:$KVROUTE_PORT" --kvroute "127.0.0.1:$GRPC_PORT" \

@@ -249,8 +249,8 @@ fn picker_deployment_is_hardened_and_probed_over_grpc() {
 
     let liveness = grpc_service(c.liveness_probe.as_ref());
     let readiness = grpc_service(c.readiness_probe.as_ref());
-    assert_eq!(liveness, Some((9002, "liveness".to_owned())));
-    assert_eq!(readiness, Some((9002, "readiness".to_owned())));
+    assert_eq!(liveness, Some((9003, "liveness".to_owned())));
+    assert_eq!(readiness, Some((9003, "readiness".to_owned())));
 
     let args = c.args.clone().unwrap_or_default();
     let flag = |name: &str| {
@@ -261,8 +261,7 @@ fn picker_deployment_is_hardened_and_probed_over_grpc() {
     };
     assert_eq!(c.command.as_deref(), Some(&["kvroute".to_owned()][..]));
     assert_eq!(args.first().map(String::as_str), Some("serve"));
-    assert_eq!(flag("--grpc-addr").as_deref(), Some("0.0.0.0:9002"));
-    assert_eq!(flag("--admin-addr").as_deref(), Some("0.0.0.0:9003"));
+    assert_eq!(flag("--admin-addr").as_deref(), Some("0.0.0.0:9004"));
     let config = flag("--config").expect("--config given");
     let mounts = c.volume_mounts.clone().unwrap_or_default();
     assert!(
@@ -287,7 +286,9 @@ fn picker_deployment_is_hardened_and_probed_over_grpc() {
         .map(|p| (p.name.unwrap_or_default(), p.container_port))
         .collect();
     assert!(ports.contains(&("grpc".to_owned(), 9002)));
-    assert!(ports.contains(&("admin".to_owned(), 9003)));
+    assert!(ports.contains(&("grpc-health".to_owned(), 9003)));
+    assert!(ports.contains(&("metrics".to_owned(), 9090)));
+    assert!(ports.contains(&("admin".to_owned(), 9004)));
 }
 
 #[test]
@@ -314,7 +315,7 @@ fn service_and_budget_select_the_picker_pods() {
                 let ports = spec.ports.unwrap_or_default();
                 let grpc = ports.iter().find(|p| p.port == 9002).expect("grpc port");
                 assert_eq!(grpc.app_protocol.as_deref(), Some("kubernetes.io/h2c"));
-                assert!(ports.iter().any(|p| p.port == 9003), "metrics port");
+                assert!(ports.iter().any(|p| p.port == 9090), "metrics port");
                 service_seen = true;
             }
             Object::PodDisruptionBudget(b) => {
