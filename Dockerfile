@@ -16,4 +16,6 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/kvroute /src/target/release/kvroute-sim /usr/local/bin/
 USER 65534:65534
-CMD ["kvroute", "serve"]
+# The entrypoint is the picker; arguments are appended (the inferencepool Helm chart passes
+# only arguments, as to the reference picker). Without arguments it serves on its defaults.
+ENTRYPOINT ["kvroute"]
