@@ -3,14 +3,16 @@
 mod common;
 
 use common::*;
-use envoy_types::pb::envoy::config::core::v3::Metadata;
+use envoy_types::pb::envoy::config::core::v3::{HeaderMap, Metadata};
 use envoy_types::pb::envoy::extensions::filters::http::ext_proc::v3::processing_mode::BodySendMode;
+use envoy_types::pb::envoy::service::ext_proc::v3::processing_request::Request as Msg;
 use envoy_types::pb::envoy::service::ext_proc::v3::processing_response::Response;
 use envoy_types::pb::envoy::service::ext_proc::v3::{
-    CommonResponse, ImmediateResponse, ProcessingResponse, body_mutation,
+    CommonResponse, ImmediateResponse, ProcessingRequest, ProcessingResponse, body_mutation,
 };
 use envoy_types::pb::google::protobuf::{ListValue, Struct, Value, value::Kind};
 use kvroute::proto::{MAX_STREAMED_CHUNK, header_value};
+use kvroute::server::Running;
 
 const DEST: &str = "x-gateway-destination-endpoint";
 
@@ -548,5 +550,121 @@ async fn streams_ending_without_a_response_do_not_trip_the_circuit() {
     }
     let w = workers(&running).await.remove(0);
     assert_eq!(w["circuit"], "closed", "{w}");
+    running.shutdown().await;
+}
+
+/// Response headers with `:status` and, when given, Envoy's `response.code_details`
+/// attribute and extra headers.
+fn response_with(
+    status: &str,
+    code_details: Option<&str>,
+    extra: &[(&str, &str)],
+) -> ProcessingRequest {
+    let mut headers = vec![header(":status", status)];
+    headers.extend(extra.iter().map(|(k, v)| header(k, v)));
+    let mut msg = response_headers(false, None);
+    if let Some(Msg::ResponseHeaders(h)) = msg.request.as_mut() {
+        h.headers = Some(HeaderMap { headers });
+    }
+    if let Some(details) = code_details {
+        let fields = [(
+            "response.code_details".to_owned(),
+            Value {
+                kind: Some(Kind::StringValue(details.to_owned())),
+            },
+        )];
+        msg.attributes.insert(
+            "envoy.filters.http.ext_proc".to_owned(),
+            Struct {
+                fields: fields.into_iter().collect(),
+            },
+        );
+    }
+    msg
+}
+
+/// Routes one request and answers it with `response`, then ends the stream.
+async fn route_and_answer(running: &Running, response: ProcessingRequest) -> String {
+    let mut s = Session::open(running).await;
+    let r = s.route_buffered("/v1/completions", COMPLETION).await;
+    let dest = metadata_destination(&r);
+    s.send(response).await;
+    let _ = s.recv().await;
+    s.send(response_body(b"", true)).await;
+    let _ = s.recv().await;
+    drop(s);
+    wait_until(|| async { in_flight(running).await == 0 }).await;
+    dest
+}
+
+#[tokio::test]
+async fn proxy_made_5xx_never_open_a_circuit_but_the_engines_do() {
+    let w1 = FakeWorker::start(&["m"]).await;
+    let mut cfg = config(&[&w1]);
+    cfg.router.circuit.consecutive_failures = 2;
+    let running = start(cfg, 1).await;
+    // Envoy's own 503s (no original destination, connect failure, no host): nothing counts.
+    for details in [
+        "no_original_dst",
+        "upstream_reset_before_response_started{connection_failure}",
+        "no_healthy_upstream",
+        "no_healthy_upstream",
+    ] {
+        let dest = route_and_answer(&running, response_with("503", Some(details), &[])).await;
+        assert_eq!(dest, w1.addr.to_string(), "still routed after {details}");
+    }
+    // Without the attribute or Envoy's upstream timing header the origin is unknown: a 5xx
+    // does not count either.
+    for _ in 0..3 {
+        route_and_answer(&running, response_with("500", None, &[])).await;
+    }
+    let w = workers(&running).await.remove(0);
+    assert_eq!(w["circuit"], "closed", "{w}");
+    // The engine's own 5xx (via_upstream, or the timing header) do.
+    route_and_answer(&running, response_with("500", Some("via_upstream"), &[])).await;
+    route_and_answer(
+        &running,
+        response_with("502", None, &[("x-envoy-upstream-service-time", "3")]),
+    )
+    .await;
+    let w = workers(&running).await.remove(0);
+    assert_eq!(w["circuit"], "open", "{w}");
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_engine_set_served_header_does_not_move_counts() {
+    let w1 = FakeWorker::start(&["m"]).await;
+    let w2 = FakeWorker::start(&["m"]).await;
+    let running = start(config(&[&w1, &w2]), 2).await;
+    let mut s = Session::open(&running).await;
+    let r = s.route_buffered("/v1/completions", COMPLETION).await;
+    let dest = metadata_destination(&r);
+    let other = if dest == w1.addr.to_string() {
+        &w2
+    } else {
+        &w1
+    };
+    // The engine's response claims another worker served: only the proxy's metadata is
+    // believed.
+    s.send(response_with(
+        "200",
+        Some("via_upstream"),
+        &[(
+            "x-gateway-destination-endpoint-served",
+            &other.addr.to_string(),
+        )],
+    ))
+    .await;
+    let _ = s.recv().await;
+    let ws = workers(&running).await;
+    let count = |addr: String| {
+        ws.iter()
+            .find(|w| w["address"] == addr.as_str())
+            .map(|w| w["in_flight"].clone())
+    };
+    assert_eq!(count(dest.clone()), Some(1.into()), "{ws:?}");
+    assert_eq!(count(other.addr.to_string()), Some(0.into()), "{ws:?}");
+    drop(s);
     running.shutdown().await;
 }

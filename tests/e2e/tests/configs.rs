@@ -246,13 +246,22 @@ fn compose_file_parses_and_uses_the_shipped_config() {
     let dockerfile = std::fs::read_to_string(paths::workspace_root().join("Dockerfile"))
         .expect("Dockerfile readable");
     assert!(
-        dockerfile.lines().any(|l| l.trim() == r#"ENTRYPOINT ["kvroute"]"#),
+        dockerfile
+            .lines()
+            .any(|l| l.trim() == r#"ENTRYPOINT ["kvroute"]"#),
         "the image's entrypoint is kvroute"
     );
-    assert_eq!(doc["services"]["kvroute"]["command"][0].as_str(), Some("serve"));
+    assert_eq!(
+        doc["services"]["kvroute"]["command"][0].as_str(),
+        Some("serve")
+    );
     for (name, service) in services {
         if name.as_str().is_some_and(|n| n.starts_with("engine")) {
-            assert_eq!(service["entrypoint"][0].as_str(), Some("kvroute-sim"), "{name:?}");
+            assert_eq!(
+                service["entrypoint"][0].as_str(),
+                Some("kvroute-sim"),
+                "{name:?}"
+            );
         }
     }
     let engines = services
