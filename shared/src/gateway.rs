@@ -62,11 +62,10 @@ pub enum RequestKind {
 impl RequestKind {
     /// Classifies a request by method and path.
     pub fn classify(method: &str, path: &str) -> RequestKind {
-        if method.eq_ignore_ascii_case("GET") {
-            let bare = path.split(['?', '#']).next().unwrap_or(path);
-            if bare == "/v1/models" || bare == "/v1/models/" {
-                return RequestKind::ListModels;
-            }
+        if method.eq_ignore_ascii_case("GET")
+            && crate::request::path::canonical_path(path) == "/v1/models"
+        {
+            return RequestKind::ListModels;
         }
         if method.eq_ignore_ascii_case("POST")
             && let Some(route) = ApiRoute::from_path(path)
@@ -477,6 +476,22 @@ mod tests {
             RequestKind::ListModels
         );
         assert_eq!(RequestKind::classify("GET", "/health"), RequestKind::Other);
+        // Path spellings an engine resolves to a route are that route.
+        for path in [
+            "//v1/chat/completions",
+            "/v1/chat%2Fcompletions",
+            "/v1/./chat/completions/",
+        ] {
+            assert_eq!(
+                RequestKind::classify("POST", path),
+                RequestKind::Inference(ApiRoute::ChatCompletions),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            RequestKind::classify("GET", "//v1/models/"),
+            RequestKind::ListModels
+        );
         assert_eq!(
             RequestKind::classify("GET", "/v1/chat/completions"),
             RequestKind::Other

@@ -264,10 +264,11 @@ impl Router {
         }
     }
 
-    /// Records (or clears, with `None`) the engine's own load report.
+    /// Records (or clears, with `None`) the engine's own load report, clamped to sane ranges
+    /// ([`LoadReport::sanitized`]).
     pub fn set_load(&mut self, id: WorkerId, load: Option<LoadReport>) {
         if let Some(w) = self.workers.get_mut(id) {
-            w.load = load;
+            w.load = load.map(LoadReport::sanitized);
         }
     }
 
@@ -414,7 +415,7 @@ impl Router {
             w.in_flight = w.in_flight.saturating_sub(1);
         }
         if let Some(w) = self.workers.get_mut(served) {
-            w.in_flight += 1;
+            w.in_flight = w.in_flight.saturating_add(1);
         }
         ticket.worker = served;
         transition

@@ -80,6 +80,10 @@ impl WorkerSpec {
     }
 }
 
+/// Largest queue or running count an engine report is believed up to; beyond it a report
+/// is clamped (no engine holds millions of requests; a bigger figure is a broken exporter).
+pub const MAX_REPORTED_REQUESTS: u32 = 1_000_000;
+
 /// Load reported by the engine itself (scraped from its metrics), as of `observed_at_ms`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoadReport {
@@ -91,6 +95,24 @@ pub struct LoadReport {
     pub kv_cache_usage: f32,
     /// When the report was taken, on the shell's clock (milliseconds).
     pub observed_at_ms: u64,
+}
+
+impl LoadReport {
+    /// The report with counts clamped to [`MAX_REPORTED_REQUESTS`] and KV-cache use to
+    /// 0..=1 (NaN reads as 0).
+    pub fn sanitized(self) -> LoadReport {
+        let kv = if self.kv_cache_usage.is_nan() {
+            0.0
+        } else {
+            self.kv_cache_usage.clamp(0.0, 1.0)
+        };
+        LoadReport {
+            waiting: self.waiting.min(MAX_REPORTED_REQUESTS),
+            running: self.running.min(MAX_REPORTED_REQUESTS),
+            kv_cache_usage: kv,
+            observed_at_ms: self.observed_at_ms,
+        }
+    }
 }
 
 /// A worker as the router sees it.
@@ -122,13 +144,15 @@ impl Worker {
     /// Requests routed here and not yet completed, by this router and the ones sharing its
     /// state.
     pub fn routed_in_flight(&self) -> u32 {
-        self.in_flight + self.in_flight_elsewhere
+        self.in_flight.saturating_add(self.in_flight_elsewhere)
     }
 
     /// The load figure policies balance on: the router's in-flight count plus the engine's
     /// waiting queue when known. In-flight already includes what the engine runs for us.
+    /// Saturates: an absurd report makes the worker look full, never idle.
     pub fn load(&self) -> u32 {
-        self.routed_in_flight() + self.load.map_or(0, |l| l.waiting)
+        self.routed_in_flight()
+            .saturating_add(self.load.map_or(0, |l| l.waiting))
     }
 }
 

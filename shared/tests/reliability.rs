@@ -400,3 +400,44 @@ fn circuits_open_on_most_of_the_fleet_are_ignored_panic_mode() {
         "panic mode spreads over the whole fleet: {used:?}"
     );
 }
+
+#[test]
+fn absurd_engine_metrics_make_a_worker_look_full_never_idle() {
+    for policy in ["least_request", "power_of_two", "cache_aware", "scorer"] {
+        let (mut r, ids) = router(policy, CircuitConfig::default());
+        // One request in flight on every worker, then worker 0 reports an absurd queue.
+        let prompt = Prompt::Text("warm".into());
+        let mut tickets = Vec::new();
+        for _ in 0..3 {
+            tickets.push(r.route(&request(&prompt), None, 0).unwrap().ticket);
+        }
+        r.set_load(
+            ids[0],
+            Some(kvroute_core::LoadReport {
+                waiting: u32::MAX,
+                running: u32::MAX,
+                kv_cache_usage: f32::NAN,
+                observed_at_ms: 0,
+            }),
+        );
+        let w = r.workers().get(ids[0]).unwrap();
+        assert!(
+            w.load() >= kvroute_core::worker::MAX_REPORTED_REQUESTS,
+            "{policy}: {}",
+            w.load()
+        );
+        assert_eq!(w.load.unwrap().kv_cache_usage, 0.0, "NaN reads as 0");
+        for i in 0..20 {
+            let prompt = Prompt::Text(format!("request {i}").into());
+            let routed = r.route(&request(&prompt), None, 0).unwrap();
+            assert_ne!(
+                routed.endpoints[0], "10.0.0.1:8000",
+                "{policy}: the full worker"
+            );
+            r.complete(routed.ticket);
+        }
+        for t in tickets {
+            r.complete(t);
+        }
+    }
+}

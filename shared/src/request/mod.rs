@@ -7,6 +7,7 @@ mod chat;
 mod de;
 mod error;
 mod parse;
+pub mod path;
 
 use std::borrow::Cow;
 
@@ -31,10 +32,10 @@ pub enum ApiRoute {
 impl ApiRoute {
     /// Maps a request path (query string allowed) to its API, or `None` for paths kvroute does
     /// not route by content (`/v1/models`, `/health`, ...).
+    /// The path is read in canonical form ([`path::canonical_path`]): `/v1//chat%2Fcompletions/`
+    /// is chat.
     pub fn from_path(path: &str) -> Option<ApiRoute> {
-        let path = path.split(['?', '#']).next().unwrap_or(path);
-        let path = path.strip_suffix('/').unwrap_or(path);
-        match path {
+        match path::canonical_path(path).as_ref() {
             "/v1/chat/completions" => Some(ApiRoute::ChatCompletions),
             "/v1/completions" => Some(ApiRoute::Completions),
             "/v1/embeddings" => Some(ApiRoute::Embeddings),
