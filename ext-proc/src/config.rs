@@ -370,23 +370,9 @@ impl Config {
     }
 
     fn validate_router(&self) -> Result<(), ConfigError> {
-        let r = &self.router;
-        if r.max_endpoints == 0 {
-            return Err(invalid("router.max_endpoints", "must be at least 1"));
-        }
-        if r.max_in_flight_per_worker == Some(0) {
-            return Err(invalid(
-                "router.max_in_flight_per_worker",
-                "must be at least 1 (omit it for no limit)",
-            ));
-        }
-        if let Some(model) = r.model_policies.keys().find(|m| m.is_empty()) {
-            return Err(invalid(
-                format!("router.model_policies.{model:?}"),
-                "model name must not be empty",
-            ));
-        }
-        Ok(())
+        self.router
+            .validate()
+            .map_err(|(field, message)| invalid(field, message))
     }
 
     fn validate_limits(&self) -> Result<(), ConfigError> {
@@ -541,6 +527,17 @@ mod tests {
         assert!(err.to_string().contains("nope"));
         let c = Config::from_yaml("health:\n  unhealthy_threshold: 0\n", "t").unwrap();
         assert!(c.validate().is_err());
+        // Policy parameters are checked by the core's RouterConfig::validate.
+        let c = Config::from_yaml(
+            "router:\n  model_policies:\n    m: {name: scorer, picker: {kind: softmax, temperature: 0}}\n",
+            "t",
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("router.model_policies.m.picker.temperature"),
+            "{err}"
+        );
         let c = Config::from_yaml("admin_addr: 0.0.0.0:9004\n", "t").unwrap();
         assert!(
             c.validate()

@@ -49,6 +49,39 @@ impl Default for RouterConfig {
     }
 }
 
+/// Longest endpoint list a decision may name.
+pub const MAX_ENDPOINTS: usize = 16;
+
+impl RouterConfig {
+    /// Checks every value, the policies' parameters included; the error is
+    /// `(field, message)` with the field under `router.`. Every shell calls it.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let invalid = |f: &str, m: &str| Err((format!("router.{f}"), m.to_owned()));
+        if !(1..=MAX_ENDPOINTS).contains(&self.max_endpoints) {
+            return invalid("max_endpoints", "must be within 1..=16");
+        }
+        if self.max_in_flight_per_worker == Some(0) {
+            return invalid(
+                "max_in_flight_per_worker",
+                "must be at least 1 (omit it for no limit)",
+            );
+        }
+        self.circuit.validate()?;
+        self.policy
+            .validate()
+            .map_err(|(f, m)| (format!("router.policy.{f}"), m))?;
+        for (model, policy) in &self.model_policies {
+            if model.is_empty() {
+                return invalid("model_policies", "model name must not be empty");
+            }
+            policy
+                .validate()
+                .map_err(|(f, m)| (format!("router.model_policies.{model}.{f}"), m))?;
+        }
+        Ok(())
+    }
+}
+
 /// Proof that a request is in flight on a worker. Not `Clone`: handing it back to
 /// [`Router::complete`] consumes it, so a request is released at most once.
 #[derive(Debug, PartialEq, Eq)]

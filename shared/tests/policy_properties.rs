@@ -338,3 +338,48 @@ fn every_name_in_the_list_builds_and_routes() {
         assert_eq!(router.outstanding(), 0);
     }
 }
+
+#[test]
+fn every_default_validates_and_out_of_range_parameters_are_named() {
+    for name in PolicyConfig::NAMES {
+        let policy = PolicyConfig::from_name(name).unwrap();
+        assert_eq!(policy.validate(), Ok(()), "{name}");
+    }
+    assert_eq!(RouterConfig::default().validate(), Ok(()));
+    let bad: [(&str, &str); 5] = [
+        (
+            r#"{"name":"cache_aware","balance_rel_threshold":0.5}"#,
+            "router.policy.balance_rel_threshold",
+        ),
+        (
+            r#"{"name":"consistent_hash","virtual_nodes":0}"#,
+            "router.policy.virtual_nodes",
+        ),
+        (
+            r#"{"name":"precise_prefix","block_size":0}"#,
+            "router.policy.block_size",
+        ),
+        (
+            r#"{"name":"scorer","weights":{"queue":-1}}"#,
+            "router.policy.weights.queue",
+        ),
+        (
+            r#"{"name":"prefix_hash","load_factor":0.9}"#,
+            "router.policy.load_factor",
+        ),
+    ];
+    for (json, field) in bad {
+        let policy: PolicyConfig = serde_json::from_str(json).expect(json);
+        let config = RouterConfig {
+            policy,
+            ..RouterConfig::default()
+        };
+        let (got, _) = config.validate().expect_err(json);
+        assert_eq!(got, field, "{json}");
+    }
+    let config = RouterConfig {
+        max_endpoints: 0,
+        ..RouterConfig::default()
+    };
+    assert_eq!(config.validate().unwrap_err().0, "router.max_endpoints");
+}

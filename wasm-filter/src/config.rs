@@ -117,6 +117,14 @@ pub enum ConfigError {
     /// The sharing namespace is empty.
     #[error("`sharing.namespace` must not be empty")]
     EmptyNamespace,
+    /// A router setting is out of range (the core's [`RouterConfig::validate`]).
+    #[error("`{field}`: {message}")]
+    BadRouter {
+        /// Dotted path of the setting.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
     /// The discovery settings are unusable.
     #[error("`discovery` is invalid: {0}")]
     BadDiscovery(&'static str),
@@ -149,6 +157,9 @@ impl PluginConfig {
         if self.router.max_endpoints == 0 {
             return Err(ConfigError::NoEndpoints);
         }
+        self.router
+            .validate()
+            .map_err(|(field, message)| ConfigError::BadRouter { field, message })?;
         let header = &self.gateway.destination_header;
         let header_ok = !header.is_empty()
             && header
@@ -248,6 +259,14 @@ mod tests {
             (
                 r#"{"workers":[{"address":"1.2.3.4:80"}],"router":{"policy":{"name":"nope"}}}"#,
                 "not valid",
+            ),
+            (
+                r#"{"workers":[{"address":"1.2.3.4:80"}],"router":{"policy":{"name":"cache_aware","balance_rel_threshold":0.1}}}"#,
+                "router.policy.balance_rel_threshold",
+            ),
+            (
+                r#"{"workers":[{"address":"1.2.3.4:80"}],"router":{"circuit":{"panic_threshold":2.0}}}"#,
+                "router.circuit.panic_threshold",
             ),
             (
                 r#"{"workers":[{"address":"1.2.3.4:80"}],"gateway":{"destination_header":"X Y"}}"#,

@@ -219,6 +219,22 @@ impl Policy for BucketPolicy {
     }
 }
 
+impl BucketConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        ratio("balance_rel_threshold", self.balance_rel_threshold)?;
+        count("window_ms", self.window_ms, 1, u64::MAX)?;
+        count(
+            "max_window_requests",
+            self.max_window_requests as u64,
+            1,
+            10_000_000,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -178,6 +178,22 @@ impl Policy for CacheAwarePolicy {
     }
 }
 
+impl CacheAwareConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        within("cache_threshold", self.cache_threshold, 0.0, 1.0)?;
+        ratio("balance_rel_threshold", self.balance_rel_threshold)?;
+        count(
+            "max_index_bytes",
+            self.max_index_bytes as u64,
+            MIN_INDEX_BYTES,
+            u64::MAX,
+        )?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

@@ -83,6 +83,21 @@ impl Policy for ConsistentHashPolicy {
     }
 }
 
+impl ConsistentHashConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        count(
+            "virtual_nodes",
+            u64::from(self.virtual_nodes),
+            1,
+            MAX_VIRTUAL_NODES,
+        )?;
+        ratio("load_factor", self.load_factor)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -211,6 +211,15 @@ impl Policy for ManualPolicy {
     }
 }
 
+impl ManualConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        count("max_keys", self.max_keys as u64, 1, 100_000_000)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

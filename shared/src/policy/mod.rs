@@ -2,6 +2,7 @@
 
 mod bucket;
 mod cache_aware;
+pub mod check;
 mod consistent_hash;
 mod hash_ring;
 mod least_request;
@@ -127,6 +128,24 @@ impl PolicyConfig {
         "scorer",
         "precise_prefix",
     ];
+
+    /// Checks the policy's parameter ranges; the error is `(field, message)` with the field
+    /// inside the parameters (`balance_rel_threshold`, `weights.queue`, ...).
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match self {
+            PolicyConfig::Random
+            | PolicyConfig::RoundRobin
+            | PolicyConfig::PowerOfTwo
+            | PolicyConfig::LeastRequest => Ok(()),
+            PolicyConfig::CacheAware(c) => c.validate(),
+            PolicyConfig::ConsistentHash(c) => c.validate(),
+            PolicyConfig::PrefixHash(c) => c.validate(),
+            PolicyConfig::Bucket(c) => c.validate(),
+            PolicyConfig::Manual(c) => c.validate(),
+            PolicyConfig::Scorer(c) => c.validate(),
+            PolicyConfig::PrecisePrefix(c) => c.validate(),
+        }
+    }
 
     /// The policy of that name with default parameters.
     pub fn from_name(name: &str) -> Option<PolicyConfig> {

@@ -309,6 +309,31 @@ impl Policy for PrecisePrefixPolicy {
     }
 }
 
+impl PrecisePrefixConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        count("block_size", u64::from(self.block_size), 1, 4096)?;
+        count(
+            "max_blocks_per_worker",
+            self.max_blocks_per_worker as u64,
+            1,
+            u64::MAX,
+        )?;
+        count(
+            "max_prompt_blocks",
+            self.max_prompt_blocks as u64,
+            1,
+            1 << 20,
+        )?;
+        ratio("balance_rel_threshold", self.balance_rel_threshold)?;
+        self.fallback
+            .validate()
+            .map_err(|(f, m)| (format!("fallback.{f}"), m))?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;

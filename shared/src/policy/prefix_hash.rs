@@ -134,6 +134,24 @@ impl Policy for PrefixHashPolicy {
     }
 }
 
+impl PrefixHashConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        count("prefix_blocks", self.prefix_blocks as u64, 1, 4096)?;
+        count("block_bytes", self.block_bytes as u64, 1, 1 << 20)?;
+        count("block_tokens", self.block_tokens as u64, 1, 4096)?;
+        count(
+            "virtual_nodes",
+            u64::from(self.virtual_nodes),
+            1,
+            MAX_VIRTUAL_NODES,
+        )?;
+        ratio("load_factor", self.load_factor)?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 mod picker;
 mod sessions;
 pub mod signals;
+
 #[cfg(test)]
 mod tests;
 
@@ -117,6 +118,39 @@ impl Default for ScorerConfig {
             max_index_bytes: DEFAULT_MAX_BYTES,
             max_sessions: 65_536,
         }
+    }
+}
+
+impl ScorerConfig {
+    /// Checks the parameter ranges; the error is `(field, message)`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        use super::check::*;
+        let w = &self.weights;
+        for (field, v) in [
+            ("weights.prefix", w.prefix),
+            ("weights.queue", w.queue),
+            ("weights.running", w.running),
+            ("weights.kv_cache", w.kv_cache),
+            ("weights.lora", w.lora),
+            ("weights.session", w.session),
+        ] {
+            non_negative(field, v)?;
+        }
+        if let PickerConfig::Softmax { temperature } = self.picker {
+            within("picker.temperature", temperature, 1e-9, 1e9)?;
+        }
+        if let Some(o) = &self.overload {
+            ratio("overload.rel", o.rel)?;
+        }
+        count("block_bytes", self.block_bytes as u64, 1, 1 << 20)?;
+        count(
+            "max_index_bytes",
+            self.max_index_bytes as u64,
+            MIN_INDEX_BYTES,
+            u64::MAX,
+        )?;
+        count("max_sessions", self.max_sessions as u64, 1, 100_000_000)?;
+        Ok(())
     }
 }
 
