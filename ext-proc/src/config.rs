@@ -389,6 +389,16 @@ impl Config {
                 "must be positive (omit it for no deadline)",
             ));
         }
+        let largest = 2 * self.gateway.max_body_bytes as u64;
+        if l.max_buffered_bytes < largest {
+            return Err(invalid(
+                "limits.max_buffered_bytes",
+                format!(
+                    "must be at least twice gateway.max_body_bytes ({largest}), or the largest \
+                     accepted body could never be buffered"
+                ),
+            ));
+        }
         Ok(())
     }
 

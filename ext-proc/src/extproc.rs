@@ -52,6 +52,7 @@ use kvroute_core::{
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, field};
 
+use crate::budget::Reservation;
 use crate::proto;
 use crate::state::{Shared, TicketGuard};
 
@@ -154,13 +155,15 @@ struct StreamHandler {
     response_mode: BodyMode,
     state: RequestState,
     body: Vec<u8>,
+    /// This stream's share of `limits.max_buffered_bytes`: twice the buffered body (the body
+    /// and its parsed or re-streamed copy) until the body is gone.
+    reservation: Reservation,
     guard: Option<TicketGuard>,
 }
 
 impl StreamHandler {
     fn new(shared: Arc<Shared>, subset_key: Arc<str>, span: tracing::Span) -> StreamHandler {
         StreamHandler {
-            shared,
             subset_key,
             outbox: VecDeque::new(),
             span,
@@ -168,6 +171,8 @@ impl StreamHandler {
             response_mode: BodyMode::Unknown,
             state: RequestState::Start,
             body: Vec::new(),
+            reservation: Reservation::new(shared.body_budget.clone()),
+            shared,
             guard: None,
         }
     }
@@ -186,6 +191,10 @@ impl StreamHandler {
         loop {
             if let Some(msg) = self.outbox.pop_front() {
                 return Some((Ok(msg), (self, inbound)));
+            }
+            // Everything queued went to Envoy: a body no longer held gives its bytes back.
+            if self.body.is_empty() && self.reservation.bytes() > 0 {
+                self.reservation.resize(0);
             }
             let msg = match inbound.message().await {
                 Ok(Some(msg)) => msg,
@@ -479,6 +488,12 @@ impl StreamHandler {
         (mutation, metadata)
     }
 
+    /// Lets go of the buffered body and its share of the budget.
+    fn drop_body(&mut self) {
+        self.body = Vec::new();
+        self.reservation.resize(0);
+    }
+
     fn reply(&mut self, reply: &LocalReply) {
         self.state = RequestState::Replied;
         self.send(proto::immediate(reply))
@@ -537,14 +552,21 @@ impl StreamHandler {
                 headers_answered, ..
             } => {
                 let headers_answered = *headers_answered;
+                let total = self.body.len().saturating_add(b.body.len());
+                if let Err(reply) = self.shared.gateway.check_body_size(total) {
+                    self.drop_body();
+                    return self.reply(&reply);
+                }
+                if !self.reservation.resize(2 * total as u64) {
+                    self.drop_body();
+                    self.shared.metrics.record_budget_refusal();
+                    let reply = self.shared.gateway.buffers_full_reply();
+                    return self.reply(&reply);
+                }
                 if self.body.is_empty() {
                     self.body = b.body;
                 } else {
                     self.body.extend_from_slice(&b.body);
-                }
-                if let Err(reply) = self.shared.gateway.check_body_size(self.body.len()) {
-                    self.body = Vec::new();
-                    return self.reply(&reply);
                 }
                 match mode {
                     BodyMode::Duplex if !b.end_of_stream => {}

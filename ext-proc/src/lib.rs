@@ -5,6 +5,7 @@
 //! ext_proc messages, runs health checks and serves the admin API.
 
 pub mod admin;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod discovery;

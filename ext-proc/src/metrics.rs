@@ -53,6 +53,7 @@ pub struct Metrics {
     pub scrape: crate::scrape::ScrapeMetrics,
     kv_event_batches: Family<KvEventLabels, Counter>,
     responses: Family<ResponseLabels, Counter>,
+    budget_refusals: Counter,
 }
 
 /// Labels of `kvroute_kv_event_batches_total`.
@@ -149,6 +150,12 @@ impl Metrics {
              endpoint that served",
             responses.clone(),
         );
+        let budget_refusals = Counter::default();
+        registry.register(
+            "kvroute_buffered_bytes_refusals",
+            "Requests answered 429 because their body would exceed limits.max_buffered_bytes",
+            budget_refusals.clone(),
+        );
         let scrape = crate::scrape::ScrapeMetrics::default();
         scrape.register(&mut registry);
         Metrics {
@@ -165,7 +172,13 @@ impl Metrics {
             requests_in_flight,
             kv_event_batches,
             responses,
+            budget_refusals,
         }
+    }
+
+    /// Counts a request refused for the buffered-bytes budget.
+    pub fn record_budget_refusal(&self) {
+        self.budget_refusals.inc();
     }
 
     /// Counts the response headers of a routed request.

@@ -18,6 +18,8 @@ pub struct Shared {
     pub metrics: Metrics,
     started: Instant,
     tokenizer: OnceLock<Arc<PromptTokenizer>>,
+    /// Request-body bytes held by all streams (`limits.max_buffered_bytes`).
+    pub body_budget: Arc<crate::budget::ByteBudget>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -29,9 +31,11 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// Wraps a router.
+    /// Wraps a router; the body budget comes from the gateway's limits.
     pub fn new(router: Router, gateway: Gateway) -> Arc<Shared> {
+        let body_budget = crate::budget::ByteBudget::new(gateway.limits().max_buffered_bytes);
         Arc::new(Shared {
+            body_budget,
             router: Mutex::new(router),
             gateway,
             metrics: Metrics::new(),

@@ -668,3 +668,59 @@ async fn an_engine_set_served_header_does_not_move_counts() {
     drop(s);
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn bodies_over_the_global_buffer_budget_get_429_and_the_budget_comes_back() {
+    let w1 = FakeWorker::start(&["m"]).await;
+    let mut cfg = config(&[&w1]);
+    cfg.gateway.max_body_bytes = 1000;
+    cfg.limits.max_buffered_bytes = 2000;
+    let running = start(cfg, 1).await;
+    let budget = running.shared.body_budget.clone();
+    let open_duplex = |len: usize| {
+        let running = &running;
+        async move {
+            let s = Session::open(running).await;
+            s.send(request_headers(
+                "POST",
+                "/v1/completions",
+                &[],
+                false,
+                BodySendMode::FullDuplexStreamed,
+                None,
+            ))
+            .await;
+            // An unfinished body: `{"model":"m","prompt":"xxxx...` held by kvroute.
+            let mut chunk = br#"{"model":"m","prompt":""#.to_vec();
+            chunk.resize(len, b'x');
+            s.send(request_body(&chunk, false)).await;
+            s
+        }
+    };
+    // The first stream holds 900 bytes (1,800 of budget).
+    let mut first = open_duplex(900).await;
+    wait_until(|| async { budget.used() == 1800 }).await;
+    // A second needing 2 x 200 more is refused with 429 and retry-after.
+    let mut second = open_duplex(200).await;
+    let r = second.recv().await;
+    let i = immediate(&r);
+    assert_eq!(i.status.as_ref().unwrap().code, 429);
+    assert_eq!(immediate_header(i, "retry-after"), Some("1"));
+    let v: serde_json::Value = serde_json::from_slice(&i.body).unwrap();
+    assert_eq!(v["error"]["code"], "too_many_buffered_bytes", "{v}");
+    drop(second);
+    // The first finishes and is routed; then its bytes come back.
+    first.send(request_body(br#"tail"}"#, true)).await;
+    let headers = first.recv().await;
+    assert!(set_header(common_of(&headers), DEST).is_some());
+    drop(first);
+    wait_until(|| async { budget.used() == 0 }).await;
+    // With the budget free again, the same body is routed.
+    let mut third = open_duplex(200).await;
+    third.send(request_body(br#""}"#, true)).await;
+    let headers = third.recv().await;
+    assert!(set_header(common_of(&headers), DEST).is_some());
+    drop(third);
+    wait_until(|| async { budget.used() == 0 }).await;
+    running.shutdown().await;
+}

@@ -171,6 +171,18 @@ impl Gateway {
         LocalReply::error(503, &err, Some(1))
     }
 
+    /// The 429 answer to a request whose body would take the buffered bytes of all requests
+    /// over `limits.max_buffered_bytes`.
+    pub fn buffers_full_reply(&self) -> LocalReply {
+        let err = OpenAiError::new(
+            "too many request bytes are being processed; retry later",
+            "rate_limit_error",
+            "too_many_buffered_bytes",
+            None,
+        );
+        LocalReply::error(429, &err, Some(self.limits.retry_after_secs))
+    }
+
     /// The 429 answer when the global in-flight limit is reached, if it is.
     fn shed(&self, router: &Router) -> Option<Outcome> {
         if !self.limits.sheds(router.outstanding()) {

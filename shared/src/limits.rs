@@ -32,7 +32,14 @@ pub struct LimitsConfig {
     /// Deepest JSON nesting accepted in a request body (400 above): a nesting bomb is
     /// refused here instead of reaching an engine's parser.
     pub max_json_depth: usize,
+    /// Request-body bytes all streams together may hold in memory (ext_proc: the buffered
+    /// body, and while it is routed its parsed and re-streamed copy). A request that would go
+    /// over it gets 429 with `retry-after`. Must be at least twice `gateway.max_body_bytes`.
+    pub max_buffered_bytes: u64,
 }
+
+/// Default of [`LimitsConfig::max_buffered_bytes`]: 256 MiB.
+pub const DEFAULT_MAX_BUFFERED_BYTES: u64 = 256 << 20;
 
 impl Default for LimitsConfig {
     fn default() -> LimitsConfig {
@@ -42,6 +49,7 @@ impl Default for LimitsConfig {
             decision_timeout_ms: None,
             on_decision_timeout: DeadlinePolicy::FailOpen,
             max_json_depth: 128,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
         }
     }
 }

@@ -209,7 +209,12 @@ impl Router {
             return;
         };
         let ejected = w.healthy && !healthy;
+        let recovered = !w.healthy && healthy;
         w.healthy = healthy;
+        if recovered {
+            // Back after an ejection (a restarted engine): its old failures say nothing now.
+            self.circuits.remove(&id);
+        }
         if ejected {
             self.default_policy.worker_unavailable(id);
             for p in self.model_policies.values_mut() {
