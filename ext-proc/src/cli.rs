@@ -135,83 +135,68 @@ pub struct ServeArgs {
     #[arg(long, env = "KVROUTE_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
 
+    /// The reference picker's flags, as the `inferencepool` Helm chart passes them.
+    #[command(flatten)]
+    pub picker: PickerFlags,
+}
+
+/// The reference endpoint picker's flags (the `inferencepool` Helm chart's arguments).
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Endpoint picker (inferencepool chart)")]
+pub struct PickerFlags {
     /// Name of the InferencePool whose pods are the workers.
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub pool_name: Option<String>,
     /// Namespace of the pool (default: $NAMESPACE, else `default`).
-    #[arg(
-        long,
-        env = "NAMESPACE",
-        help_heading = "Endpoint picker (inferencepool chart)"
-    )]
+    #[arg(long, env = "NAMESPACE")]
     pub pool_namespace: Option<String>,
     /// API group of the pool: inference.networking.k8s.io (v1, default) or
     /// inference.networking.x-k8s.io (v1alpha2).
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub pool_group: Option<String>,
     /// Without a pool: label selector of the engine pods (standalone mode).
-    #[arg(
-        long,
-        conflicts_with = "pool_name",
-        help_heading = "Endpoint picker (inferencepool chart)"
-    )]
+    #[arg(long, conflicts_with = "pool_name")]
     pub endpoint_selector: Option<String>,
     /// Engine port of the pods chosen by `--endpoint-selector`.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        requires = "endpoint_selector",
-        help_heading = "Endpoint picker (inferencepool chart)"
-    )]
+    #[arg(long, value_delimiter = ',', requires = "endpoint_selector")]
     pub endpoint_target_ports: Vec<u16>,
     /// Log encoder: json or console.
-    #[arg(
-        long,
-        value_enum,
-        help_heading = "Endpoint picker (inferencepool chart)"
-    )]
+    #[arg(long, value_enum)]
     pub zap_encoder: Option<ZapEncoder>,
     /// Log verbosity: 0-2 info, 3-4 debug, 5 and more trace (`RUST_LOG` wins).
-    #[arg(
-        short = 'v',
-        long = "v",
-        help_heading = "Endpoint picker (inferencepool chart)"
-    )]
+    #[arg(short = 'v', long = "v")]
     pub verbosity: Option<u8>,
     /// Serve TLS on the gRPC port (`false` turns TLS off; default on, plaintext accepted
     /// too in mode auto).
     #[arg(long, num_args = 0..=1, default_missing_value = "true",
-          value_parser = BoolishValueParser::new(), action = ArgAction::Set,
-          help_heading = "Endpoint picker (inferencepool chart)")]
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub secure_serving: Option<bool>,
     /// Directory holding `tls.crt` and `tls.key` (default: a self-signed certificate).
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub cert_path: Option<PathBuf>,
     /// OpenTelemetry tracing on or off (accepted; kvroute logs).
     #[arg(long, num_args = 0..=1, default_missing_value = "true",
-          value_parser = BoolishValueParser::new(), action = ArgAction::Set,
-          help_heading = "Endpoint picker (inferencepool chart)")]
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub tracing: Option<bool>,
     /// Leader election between replicas. kvroute replicas are active-active (each serves
     /// with its own state), so this is accepted and not needed.
     #[arg(long, num_args = 0..=1, default_missing_value = "true",
-          value_parser = BoolishValueParser::new(), action = ArgAction::Set,
-          help_heading = "Endpoint picker (inferencepool chart)")]
+          value_parser = BoolishValueParser::new(), action = ArgAction::Set)]
     pub ha_enable_leader_election: Option<bool>,
     /// Time between engine metric scrapes (Go duration: 50ms, 1s).
-    #[arg(long, value_parser = go_duration_ms, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long, value_parser = go_duration_ms)]
     pub refresh_metrics_interval: Option<u64>,
     /// Engine metrics older than this are ignored (Go duration).
-    #[arg(long, value_parser = go_duration_ms, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long, value_parser = go_duration_ms)]
     pub metrics_staleness_threshold: Option<u64>,
     /// Metrics path on the engines.
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub model_server_metrics_path: Option<String>,
     /// Metrics scheme on the engines (only http is supported).
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub model_server_metrics_scheme: Option<String>,
     /// Metrics port on the engines (0: the serving port; only 0 is supported).
-    #[arg(long, help_heading = "Endpoint picker (inferencepool chart)")]
+    #[arg(long)]
     pub model_server_metrics_port: Option<u16>,
     /// Reference-picker flags with no effect on kvroute, accepted so the chart's arguments
     /// start it (each is named in a warning).
@@ -343,7 +328,7 @@ pub struct Resolved {
 impl ServeArgs {
     /// Log format from `--log-format` or `--zap-encoder` (default text).
     pub fn log_format(&self) -> LogFormat {
-        match (self.log_format, self.zap_encoder) {
+        match (self.log_format, self.picker.zap_encoder) {
             (Some(f), _) => f,
             (None, Some(ZapEncoder::Json)) => LogFormat::Json,
             _ => LogFormat::Text,
@@ -352,7 +337,7 @@ impl ServeArgs {
 
     /// The default log filter from `-v` (`RUST_LOG` overrides it).
     pub fn log_filter(&self) -> &'static str {
-        match self.verbosity.unwrap_or(0) {
+        match self.picker.verbosity.unwrap_or(0) {
             0..=2 => "info",
             3..=4 => "debug",
             _ => "trace",
@@ -371,10 +356,10 @@ impl ServeArgs {
         self.apply_routing(&mut config)?;
         self.apply_discovery(&mut config)?;
         self.apply_metrics(&mut config)?;
-        for flag in self.ignored.given() {
+        for flag in self.picker.ignored.given() {
             warnings.push(format!("--{flag} has no effect on kvroute; ignored"));
         }
-        if self.ha_enable_leader_election == Some(true) {
+        if self.picker.ha_enable_leader_election == Some(true) {
             warnings.push(
                 "--ha-enable-leader-election: kvroute replicas are active-active, every \
                  replica serves; no leader is elected"
@@ -418,19 +403,19 @@ impl ServeArgs {
         if let Some(m) = self.tls_mode {
             config.tls.mode = m.into();
         }
-        match self.secure_serving {
+        match self.picker.secure_serving {
             Some(false) => config.tls.mode = TlsMode::Off,
             Some(true) if config.tls.mode == TlsMode::Off => config.tls.mode = TlsMode::Auto,
             _ => {}
         }
-        if let Some(dir) = &self.cert_path {
+        if let Some(dir) = &self.picker.cert_path {
             if config.tls.mode == TlsMode::Off {
                 warnings.push("--cert-path is unused: TLS is off".to_owned());
             }
             config.tls.cert_file = Some(dir.join("tls.crt"));
             config.tls.key_file = Some(dir.join("tls.key"));
         }
-        if self.tracing == Some(true) {
+        if self.picker.tracing == Some(true) {
             warnings.push("--tracing: kvroute does not export traces yet; logging only".into());
         }
         Ok(())
@@ -476,12 +461,14 @@ impl ServeArgs {
 
     fn apply_discovery(&self, config: &mut Config) -> Result<(), ConfigError> {
         let namespace = self
+            .picker
             .pool_namespace
             .clone()
             .filter(|n| !n.is_empty())
             .unwrap_or_else(|| "default".to_owned());
-        if let Some(name) = &self.pool_name {
+        if let Some(name) = &self.picker.pool_name {
             let group = self
+                .picker
                 .pool_group
                 .clone()
                 .unwrap_or_else(|| POOL_GROUPS[0].to_owned());
@@ -497,8 +484,8 @@ impl ServeArgs {
                 inference_pool: Some(pool),
                 ..DiscoveryConfig::default()
             });
-        } else if let Some(selector) = &self.endpoint_selector {
-            let port = match self.endpoint_target_ports.as_slice() {
+        } else if let Some(selector) = &self.picker.endpoint_selector {
+            let port = match self.picker.endpoint_target_ports.as_slice() {
                 [] => 8000,
                 [p] => *p,
                 _ => {
@@ -514,23 +501,23 @@ impl ServeArgs {
                 kubernetes: Some(pods),
                 ..DiscoveryConfig::default()
             });
-        } else if self.pool_group.is_some() {
+        } else if self.picker.pool_group.is_some() {
             return Err(invalid("--pool-group", "needs --pool-name"));
         }
         Ok(())
     }
 
     fn apply_metrics(&self, config: &mut Config) -> Result<(), ConfigError> {
-        if let Some(ms) = self.refresh_metrics_interval {
+        if let Some(ms) = self.picker.refresh_metrics_interval {
             config.scrape.interval_ms = ms;
         }
-        if let Some(ms) = self.metrics_staleness_threshold {
+        if let Some(ms) = self.picker.metrics_staleness_threshold {
             config.scrape.stale_after_ms = ms;
         }
-        if let Some(p) = &self.model_server_metrics_path {
+        if let Some(p) = &self.picker.model_server_metrics_path {
             config.scrape.path.clone_from(p);
         }
-        if let Some(s) = &self.model_server_metrics_scheme
+        if let Some(s) = &self.picker.model_server_metrics_scheme
             && s != "http"
         {
             return Err(invalid(
@@ -538,7 +525,7 @@ impl ServeArgs {
                 format!("`{s}` is not supported: kvroute scrapes engines over http"),
             ));
         }
-        if let Some(p) = self.model_server_metrics_port
+        if let Some(p) = self.picker.model_server_metrics_port
             && p != 0
         {
             return Err(invalid(
@@ -588,17 +575,17 @@ mod tests {
             "false",
             "--enable-pprof",
         ]);
-        assert_eq!(a.pool_name.as_deref(), Some("vllm-qwen"));
+        assert_eq!(a.picker.pool_name.as_deref(), Some("vllm-qwen"));
         assert_eq!(
             a.config.as_deref(),
             Some("/config/default-plugins.yaml".as_ref())
         );
         assert_eq!(a.log_format(), LogFormat::Json);
-        assert_eq!(a.verbosity, Some(1));
-        assert_eq!(a.tracing, Some(false));
-        assert_eq!(a.secure_serving, Some(false));
+        assert_eq!(a.picker.verbosity, Some(1));
+        assert_eq!(a.picker.tracing, Some(false));
+        assert_eq!(a.picker.secure_serving, Some(false));
         assert_eq!(
-            a.ignored.given(),
+            a.picker.ignored.given(),
             vec!["metrics-endpoint-auth", "enable-pprof"]
         );
     }
@@ -613,9 +600,9 @@ mod tests {
             "--max-endpoints",
             "3",
         ]);
-        assert_eq!(a.verbosity, Some(4));
+        assert_eq!(a.picker.verbosity, Some(4));
         assert_eq!(a.log_filter(), "debug");
-        assert_eq!(a.secure_serving, Some(true));
+        assert_eq!(a.picker.secure_serving, Some(true));
         assert_eq!(a.max_endpoints, Some(3));
         assert!(matches!(
             parse(&["check-config", "x.yaml"]).unwrap(),

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use kvroute_core::PolicyConfig;
 use kvroute_core::policy::scorer::{PickerConfig, ScorerConfig, ScorerWeights};
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 
 /// `kind` of the file.
 pub const KIND: &str = "EndpointPickerConfig";
@@ -37,13 +38,16 @@ struct EndpointPickerConfig {
     #[serde(default)]
     feature_gates: Vec<String>,
     #[serde(default)]
-    saturation_detector: Option<serde_yaml_ng::Value>,
+    saturation_detector: Option<IgnoredAny>,
+    /// Engine metrics are always scraped: the data-layer sections are accepted as they are.
     #[serde(default)]
-    data: Option<serde_yaml_ng::Value>,
+    #[allow(dead_code)]
+    data: Option<IgnoredAny>,
     #[serde(default)]
-    data_layer: Option<serde_yaml_ng::Value>,
+    #[allow(dead_code)]
+    data_layer: Option<IgnoredAny>,
     #[serde(default)]
-    flow_control: Option<serde_yaml_ng::Value>,
+    flow_control: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -73,21 +77,24 @@ struct ProfilePlugin {
     weight: Option<f64>,
 }
 
+/// `prefix-cache-scorer` parameters; the ones tuning the reference picker's own index are
+/// accepted and have no counterpart (kvroute's index has a byte bound of its own).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[allow(dead_code)]
 struct PrefixParams {
     #[serde(default)]
-    auto_tune: Option<bool>,
+    auto_tune: Option<IgnoredAny>,
     #[serde(default)]
     block_size_tokens: Option<u32>,
     #[serde(default)]
     block_size: Option<u32>,
     #[serde(default)]
-    max_prefix_blocks_to_match: Option<u64>,
+    max_prefix_blocks_to_match: Option<IgnoredAny>,
     #[serde(default)]
-    max_prefix_tokens_to_match: Option<u64>,
+    max_prefix_tokens_to_match: Option<IgnoredAny>,
     #[serde(default)]
-    lru_capacity_per_server: Option<u64>,
+    lru_capacity_per_server: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -97,8 +104,10 @@ struct MetricsSourceParams {
     scheme: Option<String>,
     #[serde(default)]
     path: Option<String>,
+    /// Only http is scraped: nothing to verify.
     #[serde(default)]
-    insecure_skip_verify: Option<bool>,
+    #[allow(dead_code)]
+    insecure_skip_verify: Option<IgnoredAny>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -160,7 +169,6 @@ pub fn translate(text: &str) -> Result<Translated, String> {
             ));
         }
     }
-    let _ = (&file.data, &file.data_layer); // engine metrics are always scraped
 
     let mut by_name: BTreeMap<String, &PluginSpec> = BTreeMap::new();
     for p in &file.plugins {
@@ -234,12 +242,6 @@ pub fn translate(text: &str) -> Result<Translated, String> {
                     }
                     config.block_bytes = tokens as usize * BYTES_PER_TOKEN;
                 }
-                let _ = (
-                    params.auto_tune,
-                    params.max_prefix_blocks_to_match,
-                    params.max_prefix_tokens_to_match,
-                    params.lru_capacity_per_server,
-                );
                 Some(&mut config.weights.prefix)
             }
             "lora-affinity-scorer" => Some(&mut config.weights.lora),
@@ -267,7 +269,6 @@ pub fn translate(text: &str) -> Result<Translated, String> {
                          engines over http)"
                     ));
                 }
-                let _ = params.insecure_skip_verify;
                 metrics_path = params.path;
                 None
             }

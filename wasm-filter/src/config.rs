@@ -108,9 +108,6 @@ pub enum ConfigError {
     /// Two workers share an address.
     #[error("worker address `{0}` is listed twice")]
     DuplicateAddress(String),
-    /// `router.max_endpoints` is zero.
-    #[error("`router.max_endpoints` must be at least 1")]
-    NoEndpoints,
     /// The destination header name is empty or not lower-case ASCII.
     #[error("`gateway.destination_header` must be a non-empty lower-case header name")]
     BadDestinationHeader,
@@ -153,9 +150,6 @@ impl PluginConfig {
             if !seen.insert(w.address.as_str()) {
                 return Err(ConfigError::DuplicateAddress(w.address.clone()));
             }
-        }
-        if self.router.max_endpoints == 0 {
-            return Err(ConfigError::NoEndpoints);
         }
         self.router
             .validate()

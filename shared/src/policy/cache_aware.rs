@@ -184,12 +184,7 @@ impl CacheAwareConfig {
         use super::check::*;
         within("cache_threshold", self.cache_threshold, 0.0, 1.0)?;
         ratio("balance_rel_threshold", self.balance_rel_threshold)?;
-        count(
-            "max_index_bytes",
-            self.max_index_bytes as u64,
-            MIN_INDEX_BYTES,
-            u64::MAX,
-        )?;
+        index_bytes(self.max_index_bytes)?;
         Ok(())
     }
 }

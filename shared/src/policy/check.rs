@@ -29,6 +29,22 @@ pub fn count(field: &str, v: u64, min: u64, max: u64) -> Result<(), (String, Str
     }
 }
 
+/// A hash ring's `virtual_nodes` and bounded-load `load_factor`.
+pub fn ring(virtual_nodes: u32, load_factor: f64) -> Result<(), (String, String)> {
+    count(
+        "virtual_nodes",
+        u64::from(virtual_nodes),
+        1,
+        MAX_VIRTUAL_NODES,
+    )?;
+    ratio("load_factor", load_factor)
+}
+
+/// A prefix index's memory bound (`max_index_bytes`).
+pub fn index_bytes(v: usize) -> Result<(), (String, String)> {
+    count("max_index_bytes", v as u64, MIN_INDEX_BYTES, u64::MAX)
+}
+
 /// Smallest prefix-index memory bound.
 pub const MIN_INDEX_BYTES: u64 = 64 * 1024;
 /// Largest virtual-node count per worker on a hash ring.

@@ -87,13 +87,7 @@ impl ConsistentHashConfig {
     /// Checks the parameter ranges; the error is `(field, message)`.
     pub fn validate(&self) -> Result<(), (String, String)> {
         use super::check::*;
-        count(
-            "virtual_nodes",
-            u64::from(self.virtual_nodes),
-            1,
-            MAX_VIRTUAL_NODES,
-        )?;
-        ratio("load_factor", self.load_factor)?;
+        ring(self.virtual_nodes, self.load_factor)?;
         Ok(())
     }
 }

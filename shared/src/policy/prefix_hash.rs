@@ -141,13 +141,7 @@ impl PrefixHashConfig {
         count("prefix_blocks", self.prefix_blocks as u64, 1, 4096)?;
         count("block_bytes", self.block_bytes as u64, 1, 1 << 20)?;
         count("block_tokens", self.block_tokens as u64, 1, 4096)?;
-        count(
-            "virtual_nodes",
-            u64::from(self.virtual_nodes),
-            1,
-            MAX_VIRTUAL_NODES,
-        )?;
-        ratio("load_factor", self.load_factor)?;
+        ring(self.virtual_nodes, self.load_factor)?;
         Ok(())
     }
 }

@@ -143,12 +143,7 @@ impl ScorerConfig {
             ratio("overload.rel", o.rel)?;
         }
         count("block_bytes", self.block_bytes as u64, 1, 1 << 20)?;
-        count(
-            "max_index_bytes",
-            self.max_index_bytes as u64,
-            MIN_INDEX_BYTES,
-            u64::MAX,
-        )?;
+        index_bytes(self.max_index_bytes)?;
         count("max_sessions", self.max_sessions as u64, 1, 100_000_000)?;
         Ok(())
     }

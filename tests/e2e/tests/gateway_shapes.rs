@@ -214,33 +214,27 @@ async fn picker_down(stack: &mut Stack, shape: &str, mode: PickerDown) -> anyhow
     stack.kill_kvroute();
     let client = stack.client().clone();
     let body = kvroute_e2e::openai::chat_body(MODEL, "is anyone there", false, 2);
+    let open_status = match mode {
+        PickerDown::FailOpen => 200,
+        PickerDown::FailClosed => 500,
+    };
     for i in 0..4 {
         let chat = client
             .post(stack.gateway_url("/v1/chat/completions"))
-            .json(&body)
-            .send();
-        let resp = tokio::time::timeout(Duration::from_secs(10), chat)
-            .await
-            .map_err(|_| anyhow::anyhow!("{shape}: request {i} hung with the picker down"))??;
-        let status = resp.status().as_u16();
-        anyhow::ensure!(
-            status == 500,
-            "{shape}: chat {i} with the picker down answered {status}"
-        );
-        let models = client.get(stack.gateway_url("/v1/models")).send();
-        let resp = tokio::time::timeout(Duration::from_secs(10), models)
-            .await
-            .map_err(|_| anyhow::anyhow!("{shape}: GET {i} hung with the picker down"))??;
-        let status = resp.status().as_u16();
-        let expected = match mode {
-            PickerDown::FailOpen => 200,
-            PickerDown::FailClosed => 500,
-        };
-        anyhow::ensure!(
-            status == expected,
-            "{shape}: GET /v1/models {i} with the picker down answered {status}, \
-             expected {expected}"
-        );
+            .json(&body);
+        let models = client.get(stack.gateway_url("/v1/models"));
+        for (what, request, expected) in
+            [("chat", chat, 500), ("GET /v1/models", models, open_status)]
+        {
+            let resp = tokio::time::timeout(Duration::from_secs(10), request.send())
+                .await
+                .map_err(|_| anyhow::anyhow!("{shape}: {what} {i} hung with the picker down"))??;
+            let status = resp.status().as_u16();
+            anyhow::ensure!(
+                status == expected,
+                "{shape}: {what} {i} with the picker down answered {status}, expected {expected}"
+            );
+        }
     }
     Ok(())
 }
