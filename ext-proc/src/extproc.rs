@@ -613,18 +613,23 @@ impl StreamHandler {
                     .shared
                     .tokenizer()
                     .and_then(|t| t.tokenize_parsed(&parsed, &body));
-                self.decide_since(started, |gw, router, now| {
-                    gw.route_parsed_tokens(
-                        router,
-                        &parsed,
-                        &body,
-                        tokens.as_deref(),
-                        session.as_deref(),
-                        as_refs(&subset).as_deref(),
-                        now,
-                    )
-                })
-                .await
+                let mut outcome = self
+                    .decide_since(started, |gw, router, now| {
+                        gw.route_parsed_tokens(
+                            router,
+                            &parsed,
+                            tokens.as_deref(),
+                            session.as_deref(),
+                            as_refs(&subset).as_deref(),
+                            now,
+                        )
+                    })
+                    .await;
+                // The rewrite is linear in the body: after the router lock is released.
+                if let Some(Outcome::Forward(fwd)) = &mut outcome {
+                    self.shared.gateway.rewrite_body(&parsed, fwd);
+                }
+                outcome
             }
             Err(reply) => {
                 let outcome = Outcome::Reply(reply);

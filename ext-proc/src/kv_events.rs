@@ -15,20 +15,25 @@
 //! A subscriber that stops (disconnect, socket failure, worker unhealthy or removed) clears
 //! the worker's index, since events may be lost from then on. Socket work runs in its own
 //! task, so a failing socket never takes the service down.
+//!
+//! Hostile publishers: the ZMTP client ([`crate::zmtp`]) refuses any frame or message above
+//! `kv_events.max_message_bytes` before allocating it; a decoded batch is applied in chunks
+//! of [`APPLY_CHUNK_HASHES`] block hashes, releasing the router lock between chunks so a big
+//! batch never stalls routing; an endpoint taken from a pod label must be `tcp://` on the
+//! worker's own address (a label cannot point kvroute at another host).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::state::Shared;
+use crate::zmtp::{self, Connection, Limits, Role};
 use bytes::Bytes;
 use kvroute_core::kv_events::{KvEventBatch, decode_batch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
-use zeromq::{DealerSocket, Socket, SocketRecv, SocketSend, SubSocket, ZmqMessage};
-
-use crate::state::Shared;
 
 /// Worker label overriding the endpoint template.
 pub const ENDPOINT_LABEL: &str = "kv_events_endpoint";
@@ -36,6 +41,10 @@ pub const ENDPOINT_LABEL: &str = "kv_events_endpoint";
 pub const REPLAY_LABEL: &str = "kv_events_replay_endpoint";
 /// The replay stream's end marker.
 const END_SEQ: [u8; 8] = [0xff; 8];
+/// Block hashes applied per router-lock hold.
+pub const APPLY_CHUNK_HASHES: usize = 4096;
+/// Bounds of `kv_events.max_message_bytes`.
+const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 
 /// `kv_events` settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -54,6 +63,9 @@ pub struct KvEventsConfig {
     pub reconnect_ms: u64,
     /// How long a replay may take, in milliseconds.
     pub replay_timeout_ms: u64,
+    /// Largest message (and frame) a publisher may send, in bytes; a bigger one ends the
+    /// connection (the worker's index is cleared and the subscriber reconnects).
+    pub max_message_bytes: u64,
 }
 
 impl Default for KvEventsConfig {
@@ -65,6 +77,7 @@ impl Default for KvEventsConfig {
             topic: String::new(),
             reconnect_ms: 1_000,
             replay_timeout_ms: 2_000,
+            max_message_bytes: 4 << 20,
         }
     }
 }
@@ -86,7 +99,21 @@ impl KvEventsConfig {
                 "delays must be positive".to_owned(),
             ));
         }
+        if !MESSAGE_BYTES_RANGE.contains(&self.max_message_bytes) {
+            return Err((
+                "kv_events.max_message_bytes".to_owned(),
+                format!(
+                    "must be in {}..={}",
+                    MESSAGE_BYTES_RANGE.start(),
+                    MESSAGE_BYTES_RANGE.end()
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    fn limits(&self) -> Limits {
+        Limits::with_max_message(self.max_message_bytes)
     }
 }
 
@@ -105,6 +132,20 @@ fn expand(template: &str, address: &str) -> Option<String> {
             .replace("{host}", &host)
             .replace("{port}", &addr.port().to_string()),
     )
+}
+
+/// Whether an endpoint from a worker's label may be used: `tcp://` on the worker's own host,
+/// so whoever can label a pod cannot make kvroute connect elsewhere.
+fn label_endpoint_allowed(endpoint: &str, address: &str) -> Result<(), String> {
+    let (host, _) = zmtp::parse_endpoint(endpoint).map_err(|e| e.to_string())?;
+    let worker: std::net::SocketAddr = address
+        .parse()
+        .map_err(|_| format!("worker address {address} is not ip:port"))?;
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip == worker.ip() => Ok(()),
+        Ok(ip) => Err(format!("{ip} is not the worker's address {}", worker.ip())),
+        Err(_) => Err(format!("{host} is not an IP address")),
+    }
 }
 
 /// Where one worker publishes.
@@ -150,7 +191,16 @@ fn targets(shared: &Shared, config: &KvEventsConfig) -> HashMap<String, Target> 
         .filter(|w| w.healthy)
         .filter_map(|w| {
             let address = &w.spec.address;
-            let label = |k: &str| w.spec.labels.get(k).filter(|v| !v.is_empty()).cloned();
+            let label = |k: &str| {
+                let v = w.spec.labels.get(k).filter(|v| !v.is_empty())?;
+                match label_endpoint_allowed(v, address) {
+                    Ok(()) => Some(v.clone()),
+                    Err(why) => {
+                        debug!(worker = %address, label = k, endpoint = %v, "kv events label ignored: {why}");
+                        None
+                    }
+                }
+            };
             let endpoint = label(ENDPOINT_LABEL).or_else(|| expand(&config.endpoint, address))?;
             let replay = label(REPLAY_LABEL).or_else(|| expand(&config.replay_endpoint, address));
             Some((address.clone(), Target { endpoint, replay }))
@@ -206,11 +256,15 @@ fn clear(shared: &Shared, address: &str) {
     apply(shared, address, &KvEventBatch::cleared());
 }
 
-/// Applies a batch to the worker at `address`, if it is still known.
+/// Applies a batch to the worker at `address`, if it is still known, one chunk of
+/// [`APPLY_CHUNK_HASHES`] block hashes per router-lock hold.
 fn apply(shared: &Shared, address: &str, batch: &KvEventBatch) {
-    let mut router = shared.router();
-    if let Some(id) = router.workers().by_address(address).map(|w| w.id) {
-        router.apply_kv_events(id, batch);
+    for chunk in batch.chunks(APPLY_CHUNK_HASHES) {
+        let mut router = shared.router();
+        let Some(id) = router.workers().by_address(address).map(|w| w.id) else {
+            return;
+        };
+        router.apply_kv_events(id, &chunk);
     }
 }
 
@@ -230,6 +284,10 @@ async fn subscribe_loop(
         ));
         match session.await {
             Ok(Ok(())) => {}
+            Ok(Err(e @ zmtp::ZmtpError::TooLarge { .. })) => {
+                warn!(worker = %address, "kv events: {e}; reconnecting");
+                shared.metrics.record_kv_events(&address, "oversized");
+            }
             Ok(Err(e)) => debug!(worker = %address, "kv events: {e}"),
             Err(e) => warn!(worker = %address, "kv events subscriber failed: {e}"),
         }
@@ -288,8 +346,7 @@ impl SeqTracker {
 }
 
 /// The sequence number and payload of a `[topic, seq, batch]` message.
-fn split(msg: ZmqMessage) -> Option<(u64, Bytes)> {
-    let mut frames = msg.into_vec();
+fn split(mut frames: Vec<Bytes>) -> Option<(u64, Bytes)> {
     if frames.len() < 2 {
         return None;
     }
@@ -318,12 +375,12 @@ async fn session(
     config: Arc<KvEventsConfig>,
     address: String,
     target: Target,
-) -> Result<(), zeromq::ZmqError> {
-    let mut sub = SubSocket::new();
-    sub.connect(&target.endpoint).await?;
-    sub.subscribe(&config.topic).await?;
-    let mut seqs = SeqTracker::default();
+) -> Result<(), zmtp::ZmtpError> {
     let timeout = Duration::from_millis(config.replay_timeout_ms);
+    let mut sub =
+        Connection::connect(&target.endpoint, Role::Sub, config.limits(), timeout).await?;
+    sub.subscribe(config.topic.as_bytes()).await?;
+    let mut seqs = SeqTracker::default();
     loop {
         let msg = sub.recv().await?;
         let Some((seq, payload)) = split(msg) else {
@@ -340,7 +397,7 @@ async fn session(
             }
             SeqAction::Gap { from, first } => {
                 let replayed = match &target.replay {
-                    Some(ep) => replay(ep.clone(), from, seq, timeout).await,
+                    Some(ep) => replay(ep.clone(), from, seq, timeout, config.limits()).await,
                     None => None,
                 };
                 match replayed {
@@ -370,18 +427,22 @@ pub async fn replay(
     from: u64,
     until: u64,
     timeout: Duration,
+    limits: Limits,
 ) -> Option<Vec<(u64, Bytes)>> {
     let task = tokio::spawn(async move {
-        let mut dealer = DealerSocket::new();
-        dealer.connect(&endpoint).await.ok()?;
-        let request = vec![Bytes::new(), Bytes::copy_from_slice(&from.to_be_bytes())];
-        dealer
-            .send(ZmqMessage::try_from(request).ok()?)
+        let mut dealer = Connection::connect(&endpoint, Role::Dealer, limits, timeout)
             .await
             .ok()?;
+        dealer.send(&[&[], &from.to_be_bytes()]).await.ok()?;
         let mut out = Vec::new();
+        // The replay as a whole is bounded like one message.
+        let mut total = 0u64;
         loop {
-            let frames = dealer.recv().await.ok()?.into_vec();
+            let frames = dealer.recv().await.ok()?;
+            total += frames.iter().map(|f| f.len() as u64).sum::<u64>();
+            if total > limits.max_message_bytes.saturating_mul(64) {
+                return None;
+            }
             let (seq, payload) = match frames.as_slice() {
                 [_, seq, payload] | [seq, payload] => (seq.clone(), payload.clone()),
                 _ => return None,
@@ -463,5 +524,28 @@ mod tests {
             ..KvEventsConfig::default()
         };
         assert!(bad.validate().is_err());
+        let huge = KvEventsConfig {
+            max_message_bytes: 1 << 40,
+            ..KvEventsConfig::default()
+        };
+        assert_eq!(
+            huge.validate().unwrap_err().0,
+            "kv_events.max_message_bytes"
+        );
+    }
+
+    #[test]
+    fn label_endpoints_must_stay_on_the_worker() {
+        assert!(label_endpoint_allowed("tcp://10.0.0.1:5557", "10.0.0.1:8000").is_ok());
+        assert!(label_endpoint_allowed("tcp://[::1]:5557", "[::1]:8000").is_ok());
+        for (bad, why) in [
+            ("tcp://10.0.0.2:5557", "not the worker's address"),
+            ("tcp://metadata.internal:80", "not an IP address"),
+            ("ipc:///var/run/x", "expected tcp://"),
+            ("tcp://*:5557", "expected tcp://"),
+        ] {
+            let err = label_endpoint_allowed(bad, "10.0.0.1:8000").unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{OpenAiError, RouteError};
 use crate::limits::LimitsConfig;
-use crate::normalize::{NormalizeConfig, Normalizer};
+use crate::normalize::{NormalizeConfig, Normalizer, Plan};
 use crate::request::{ApiRoute, ParsedRequest, RequestError, RouteRequest, parse_request};
 use crate::router::{Routed, Router};
 
@@ -110,8 +110,12 @@ pub struct Forward {
     /// The destination value: the ordered endpoint list joined with `,`.
     pub destination: String,
     /// The body rewritten into the chosen worker's dialect, when it differs from the client's:
-    /// the shell replaces the request body with it.
+    /// the shell replaces the request body with it. Filled by [`Gateway::route_inference`];
+    /// after [`Gateway::route_parsed`], by [`Gateway::rewrite_body`] once the router is
+    /// released.
     pub body: Option<Vec<u8>>,
+    /// The normalization rules the chosen worker needs ([`Gateway::rewrite_body`]).
+    pub rewrite: Plan,
 }
 
 /// What the shell must do with a request.
@@ -250,9 +254,21 @@ impl Gateway {
             Ok(p) => p,
             Err(reply) => return Outcome::Reply(reply),
         };
-        self.route_parsed_observed(
-            router, &parsed, body, None, session, subset, now_ms, observe,
-        )
+        let mut outcome =
+            self.route_parsed_observed(router, &parsed, None, session, subset, now_ms, observe);
+        if let Outcome::Forward(fwd) = &mut outcome {
+            self.rewrite_body(&parsed, fwd);
+        }
+        outcome
+    }
+
+    /// Fills [`Forward::body`] with the body the chosen worker needs, from the fields read by
+    /// [`Gateway::parse_inference`]: linear in the body, so shells call it after releasing
+    /// the router.
+    pub fn rewrite_body(&self, parsed: &ParsedRequest<'_>, forward: &mut Forward) {
+        if let Some(fields) = &parsed.top_level {
+            forward.body = self.normalizer.rewrite(fields, &forward.rewrite);
+        }
     }
 
     /// [`Gateway::route_parsed`], calling `observe` as [`Gateway::route_inference_observed`].
@@ -261,7 +277,6 @@ impl Gateway {
         &self,
         router: &mut Router,
         parsed: &ParsedRequest<'_>,
-        body: &[u8],
         tokens: Option<&[u32]>,
         session: Option<&str>,
         subset: Option<&[&str]>,
@@ -273,43 +288,43 @@ impl Gateway {
         }
         let req = parsed.route_request(session).with_tokens(tokens);
         let mut result = router.route(&req, subset, now_ms);
-        let mut rewritten = None;
+        let mut plan = Plan::default();
         if let Ok(routed) = &mut result {
-            rewritten = self.normalize(router, parsed.route, body, routed);
+            plan = self.plan(router, parsed, routed);
             observe(&req, routed);
         }
         let mut outcome = self.finish(result);
         if let Outcome::Forward(fwd) = &mut outcome {
-            fwd.body = rewritten;
+            fwd.rewrite = plan;
         }
         outcome
     }
 
-    /// Rewrites `body` into the dialect of the chosen worker and, when configured, drops the
-    /// fallbacks that would need a different body: when the body was rewritten, only workers
-    /// of the same engine kind that get the same rewrite stay; when it was not, only workers
-    /// that need no rewrite either.
-    fn normalize(
-        &self,
-        router: &Router,
-        route: ApiRoute,
-        body: &[u8],
-        routed: &mut Routed,
-    ) -> Option<Vec<u8>> {
+    /// The rules that rewrite the body for the chosen worker and, when configured, drops the
+    /// fallbacks that would need a different body: when the body is rewritten, only workers
+    /// of the same engine kind with the same plan stay; when it is not, only workers that
+    /// need no rewrite either. Compares plans: the body is not rewritten here.
+    fn plan(&self, router: &Router, parsed: &ParsedRequest<'_>, routed: &mut Routed) -> Plan {
+        let Some(fields) = &parsed.top_level else {
+            return Plan::default();
+        };
         let workers = router.workers();
-        let first = workers.get(routed.ticket.worker())?;
-        let rewritten = self.normalizer.normalize(&first.spec, route, body);
+        let Some(first) = workers.get(routed.ticket.worker()) else {
+            return Plan::default();
+        };
+        let (route, stream) = (parsed.route, parsed.stream);
+        let plan = self.normalizer.plan(&first.spec, route, stream, fields);
         if self.config.normalize.same_dialect_fallbacks {
             let first_address = first.spec.address.clone();
             routed.endpoints.retain(|addr| {
                 *addr == first_address
                     || workers.by_address(addr).is_some_and(|w| {
-                        (rewritten.is_none() || w.spec.engine == first.spec.engine)
-                            && self.normalizer.normalize(&w.spec, route, body) == rewritten
+                        (plan.is_empty() || w.spec.engine == first.spec.engine)
+                            && self.normalizer.plan(&w.spec, route, stream, fields) == plan
                     })
             });
         }
-        rewritten
+        plan
     }
 
     /// Checks and parses an inference body without the router: the costly part of a decision
@@ -332,31 +347,26 @@ impl Gateway {
             ));
             return Err(LocalReply::from_request_error(&err));
         }
-        parse_request(route, body).map_err(|err| LocalReply::from_request_error(&err))
+        let mut parsed =
+            parse_request(route, body).map_err(|err| LocalReply::from_request_error(&err))?;
+        if self.normalizer.may_apply(route, body) {
+            parsed.top_level = crate::request::TopLevel::parse(body);
+        }
+        Ok(parsed)
     }
 
-    /// Routes a request parsed by [`Gateway::parse_inference`] from `body`; with it, the same
-    /// outcome as [`Gateway::route_inference`] (the body is needed for per-engine
-    /// normalization).
+    /// Routes a request parsed by [`Gateway::parse_inference`]; followed by
+    /// [`Gateway::rewrite_body`] (outside the router lock), the same outcome as
+    /// [`Gateway::route_inference`].
     pub fn route_parsed(
         &self,
         router: &mut Router,
         parsed: &ParsedRequest<'_>,
-        body: &[u8],
         session: Option<&str>,
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
-        self.route_parsed_observed(
-            router,
-            parsed,
-            body,
-            None,
-            session,
-            subset,
-            now_ms,
-            |_, _| {},
-        )
+        self.route_parsed_observed(router, parsed, None, session, subset, now_ms, |_, _| {})
     }
 
     /// [`Gateway::route_parsed`] with the prompt's token ids, tokenized by the shell (outside
@@ -366,22 +376,12 @@ impl Gateway {
         &self,
         router: &mut Router,
         parsed: &ParsedRequest<'_>,
-        body: &[u8],
         tokens: Option<&[u32]>,
         session: Option<&str>,
         subset: Option<&[&str]>,
         now_ms: u64,
     ) -> Outcome {
-        self.route_parsed_observed(
-            router,
-            parsed,
-            body,
-            tokens,
-            session,
-            subset,
-            now_ms,
-            |_, _| {},
-        )
+        self.route_parsed_observed(router, parsed, tokens, session, subset, now_ms, |_, _| {})
     }
 
     /// Routes a request that is not routed by content (no body parsing): the least-loaded
@@ -433,6 +433,7 @@ impl Gateway {
                     routed,
                     destination,
                     body: None,
+                    rewrite: Plan::default(),
                 })
             }
             Err(err) => {
@@ -582,7 +583,7 @@ mod tests {
             let now = i as u64;
             let one = gw.route_inference(&mut a, ApiRoute::Completions, body, Some("s"), None, now);
             let parsed = gw.parse_inference(ApiRoute::Completions, body).unwrap();
-            let two = gw.route_parsed(&mut b, &parsed, body, Some("s"), None, now);
+            let two = gw.route_parsed(&mut b, &parsed, Some("s"), None, now);
             match (one, two) {
                 (Outcome::Forward(x), Outcome::Forward(y)) => {
                     assert_eq!(x.destination, y.destination);

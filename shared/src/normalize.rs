@@ -13,9 +13,8 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::request::ApiRoute;
+use crate::request::{ApiRoute, TopLevel};
 use crate::worker::{EngineKind, WorkerSpec};
 
 /// Normalization settings (part of the gateway settings).
@@ -96,39 +95,36 @@ impl Rule {
     }
 
     fn matches(&self, worker: &WorkerSpec, route: ApiRoute, stream: bool) -> bool {
-        self.matches_target(worker, route) && self.when_stream.is_none_or(|s| s == stream)
-    }
-
-    /// [`Rule::matches`] before the body is read (`stream` unknown).
-    fn matches_target(&self, worker: &WorkerSpec, route: ApiRoute) -> bool {
-        (self.engines.is_empty() || self.engines.contains(&worker.engine))
+        self.matches_route(route)
+            && (self.engines.is_empty() || self.engines.contains(&worker.engine))
             && self
                 .labels
                 .iter()
                 .all(|(k, v)| worker.labels.get(k) == Some(v))
-            && (self.apis.is_empty() || self.apis.iter().any(|a| a == route.as_str()))
+            && self.when_stream.is_none_or(|s| s == stream)
+    }
+
+    fn matches_route(&self, route: ApiRoute) -> bool {
+        self.apis.is_empty() || self.apis.iter().any(|a| a == route.as_str())
     }
 
     /// Applies the rule to `body`; returns whether anything changed.
-    fn apply(&self, body: &mut Map<String, Value>) -> bool {
+    fn apply(&self, body: &mut TopLevel<'_>) -> bool {
         let mut changed = false;
         for field in &self.drop {
-            changed |= body.remove(field).is_some();
+            changed |= body.remove(field);
         }
         for (from, to) in &self.rename {
-            if body.contains_key(to) {
-                continue;
-            }
-            if let Some(v) = body.remove(from) {
-                body.insert(to.clone(), v);
-                changed = true;
+            if !body.contains(to) {
+                changed |= body.rename(from, to);
             }
         }
-        if let Some(Value::String(model)) = body.get_mut("model")
-            && let Some(served) = self.models.get(model.as_str())
-            && served != model
+        if !self.models.is_empty()
+            && let Some(model) = body.string("model")
+            && let Some(served) = self.models.get(&model)
+            && *served != model
         {
-            *model = served.clone();
+            body.set_string("model", served);
             changed = true;
         }
         changed
@@ -160,6 +156,18 @@ pub fn builtin_rules() -> Vec<Rule> {
             ..Rule::default()
         },
     ]
+}
+
+/// Which rules rewrite a body for one worker, in order. Equal plans give equal bodies, so
+/// fallbacks are compared by plan, without rewriting the body for each.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Plan(Vec<usize>);
+
+impl Plan {
+    /// No rule changes the body: it goes as the client sent it.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The compiled rule list.
@@ -197,34 +205,55 @@ impl Normalizer {
         Normalizer { rules, triggers }
     }
 
-    /// Whether `body` may hold a field some rule acts on (a cheap scan before parsing).
-    fn may_apply(&self, body: &[u8]) -> bool {
+    /// Whether some worker may need `body` (of `route`) rewritten: a cheap scan for the field
+    /// names the rules act on, deciding whether [`TopLevel::parse`] is worth running.
+    pub fn may_apply(&self, route: ApiRoute, body: &[u8]) -> bool {
         let contains = |needle: &[u8]| memchr::memmem::find(body, needle).is_some();
-        contains(b"\\u") || self.triggers.iter().any(|t| contains(t))
+        self.rules.iter().any(|r| r.matches_route(route))
+            && (contains(b"\\u") || self.triggers.iter().any(|t| contains(t)))
+    }
+
+    /// The rules that change `fields` (a request of `route`, streaming or not) for `worker`.
+    /// Cost: a copy of the top-level field list, not of the body.
+    pub fn plan(
+        &self,
+        worker: &WorkerSpec,
+        route: ApiRoute,
+        stream: bool,
+        fields: &TopLevel<'_>,
+    ) -> Plan {
+        let mut probe = fields.clone();
+        Plan(
+            self.rules
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| r.matches(worker, route, stream))
+                .filter_map(|(i, r)| r.apply(&mut probe).then_some(i))
+                .collect(),
+        )
+    }
+
+    /// The body `plan` makes of `fields`; `None` for an empty plan (the body is fine).
+    pub fn rewrite(&self, fields: &TopLevel<'_>, plan: &Plan) -> Option<Vec<u8>> {
+        if plan.is_empty() {
+            return None;
+        }
+        let mut out = fields.clone();
+        for rule in plan.0.iter().filter_map(|&i| self.rules.get(i)) {
+            rule.apply(&mut out);
+        }
+        Some(out.to_json())
     }
 
     /// The body `worker` should receive for a request of `route`, or `None` when the body is
-    /// fine as it is (or is not a JSON object). Fields no rule touches are kept.
+    /// fine as it is (or is not a JSON object). Fields no rule touches are kept as sent.
     pub fn normalize(&self, worker: &WorkerSpec, route: ApiRoute, body: &[u8]) -> Option<Vec<u8>> {
-        if !self.rules.iter().any(|r| r.matches_target(worker, route)) || !self.may_apply(body) {
+        if !self.may_apply(route, body) {
             return None;
         }
-        let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
-            return None;
-        };
-        let stream = map.get("stream").and_then(Value::as_bool).unwrap_or(false);
-        let mut changed = false;
-        for rule in self
-            .rules
-            .iter()
-            .filter(|r| r.matches(worker, route, stream))
-        {
-            changed |= rule.apply(&mut map);
-        }
-        if !changed {
-            return None;
-        }
-        serde_json::to_vec(&Value::Object(map)).ok()
+        let fields = TopLevel::parse(body)?;
+        let stream = fields.flag("stream");
+        self.rewrite(&fields, &self.plan(worker, route, stream, &fields))
     }
 }
 
@@ -237,6 +266,7 @@ impl Default for Normalizer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     fn worker(engine: EngineKind) -> WorkerSpec {
         WorkerSpec {
@@ -333,6 +363,58 @@ mod tests {
         assert!(out.get("stream_options").is_none());
         let plain = br#"{"model":"m","prompt":"stream_options is only a word here"}"#;
         assert!(n.normalize(&w, ApiRoute::Completions, plain).is_none());
+    }
+
+    #[test]
+    fn plans_name_the_rules_that_change_the_body() {
+        let n = Normalizer::default();
+        let body = br#"{"model":"m","prompt":"caf\u00e9","stream_options":{}}"#;
+        let fields = TopLevel::parse(body).unwrap();
+        let vllm = n.plan(
+            &worker(EngineKind::Vllm),
+            ApiRoute::Completions,
+            false,
+            &fields,
+        );
+        let vllm2 = n.plan(
+            &worker(EngineKind::Vllm),
+            ApiRoute::Completions,
+            false,
+            &fields,
+        );
+        let other = n.plan(
+            &worker(EngineKind::Other),
+            ApiRoute::Completions,
+            false,
+            &fields,
+        );
+        let streaming = n.plan(
+            &worker(EngineKind::Vllm),
+            ApiRoute::Completions,
+            true,
+            &fields,
+        );
+        assert_eq!(vllm, Plan(vec![0]));
+        assert_eq!(vllm, vllm2);
+        assert!(other.is_empty() && streaming.is_empty());
+        let out = as_json(&n.rewrite(&fields, &vllm).unwrap());
+        assert_eq!(out, serde_json::json!({"model": "m", "prompt": "café"}));
+        assert!(n.rewrite(&fields, &other).is_none());
+        // A rule that matches but finds nothing to change is not in the plan.
+        let plain = TopLevel::parse(br#"{"model":"m","prompt":"\u0041"}"#).unwrap();
+        assert!(
+            n.plan(
+                &worker(EngineKind::Vllm),
+                ApiRoute::Completions,
+                false,
+                &plain
+            )
+            .is_empty()
+        );
+        assert!(
+            !n.may_apply(ApiRoute::Embeddings, body),
+            "no rule for embeddings"
+        );
     }
 
     #[test]

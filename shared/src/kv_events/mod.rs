@@ -78,4 +78,184 @@ impl KvEventBatch {
             dp_rank: None,
         }
     }
+
+    /// Block hashes the batch names (an `AllBlocksCleared` counts as one).
+    pub fn weight(&self) -> usize {
+        self.events.iter().map(KvEvent::weight).sum()
+    }
+
+    /// The same events, in order, as batches naming at most `max_hashes` block hashes each
+    /// (at least one), so a shell can apply a huge batch without holding the router for
+    /// its whole length. A `BlockStored` event is cut between blocks: each later part
+    /// names the previous part's last block as its parent and carries its own tokens.
+    pub fn chunks(&self, max_hashes: usize) -> Vec<KvEventBatch> {
+        let max = max_hashes.max(1);
+        let mut out: Vec<KvEventBatch> = Vec::new();
+        let mut current = self.part(Vec::new());
+        let mut room = max;
+        for event in &self.events {
+            for piece in event.split(max) {
+                let w = piece.weight();
+                if w > room && !current.events.is_empty() {
+                    out.push(std::mem::replace(&mut current, self.part(Vec::new())));
+                    room = max;
+                }
+                room = room.saturating_sub(w);
+                current.events.push(piece);
+            }
+        }
+        if !current.events.is_empty() || out.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    fn part(&self, events: Vec<KvEvent>) -> KvEventBatch {
+        KvEventBatch {
+            ts: self.ts,
+            events,
+            dp_rank: self.dp_rank,
+        }
+    }
+}
+
+impl KvEvent {
+    /// Block hashes the event names (`AllBlocksCleared`: 1).
+    fn weight(&self) -> usize {
+        match self {
+            KvEvent::BlockStored { block_hashes, .. }
+            | KvEvent::BlockRemoved { block_hashes, .. } => block_hashes.len().max(1),
+            KvEvent::AllBlocksCleared => 1,
+        }
+    }
+
+    /// The event cut into pieces naming at most `max` hashes each.
+    fn split(&self, max: usize) -> Vec<KvEvent> {
+        match self {
+            KvEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                block_size,
+                lora_id,
+                medium,
+            } if block_hashes.len() > max => {
+                let per_block = *block_size as usize;
+                let mut parent = *parent_block_hash;
+                block_hashes
+                    .chunks(max)
+                    .enumerate()
+                    .map(|(i, hashes)| {
+                        let start = (i * max).saturating_mul(per_block).min(token_ids.len());
+                        let end = start
+                            .saturating_add(hashes.len().saturating_mul(per_block))
+                            .min(token_ids.len());
+                        let piece = KvEvent::BlockStored {
+                            block_hashes: hashes.to_vec(),
+                            parent_block_hash: parent,
+                            token_ids: token_ids[start..end].to_vec(),
+                            block_size: *block_size,
+                            lora_id: *lora_id,
+                            medium: medium.clone(),
+                        };
+                        parent = hashes.last().copied();
+                        piece
+                    })
+                    .collect()
+            }
+            KvEvent::BlockRemoved {
+                block_hashes,
+                medium,
+            } if block_hashes.len() > max => block_hashes
+                .chunks(max)
+                .map(|hashes| KvEvent::BlockRemoved {
+                    block_hashes: hashes.to_vec(),
+                    medium: medium.clone(),
+                })
+                .collect(),
+            other => vec![other.clone()],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(hashes: std::ops::Range<u64>, parent: Option<u64>) -> KvEvent {
+        KvEvent::BlockStored {
+            block_hashes: hashes.clone().collect(),
+            parent_block_hash: parent,
+            token_ids: hashes
+                .flat_map(|h| [h as u32 * 2, h as u32 * 2 + 1])
+                .collect(),
+            block_size: 2,
+            lora_id: Some(3),
+            medium: None,
+        }
+    }
+
+    #[test]
+    fn chunks_keep_order_bound_weight_and_chain_parents() {
+        let batch = KvEventBatch {
+            ts: 5.0,
+            events: vec![
+                stored(0..10, None),
+                KvEvent::BlockRemoved {
+                    block_hashes: vec![1, 2, 3],
+                    medium: None,
+                },
+                KvEvent::AllBlocksCleared,
+                stored(100..101, Some(9)),
+            ],
+            dp_rank: Some(1),
+        };
+        let chunks = batch.chunks(4);
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c.weight() <= 4 && c.ts == 5.0 && c.dp_rank == Some(1))
+        );
+        assert_eq!(
+            chunks.iter().map(KvEventBatch::weight).sum::<usize>(),
+            batch.weight()
+        );
+        // The stored event's pieces, rejoined, are the original event.
+        let pieces: Vec<&KvEvent> = chunks
+            .iter()
+            .flat_map(|c| &c.events)
+            .filter(
+                |e| matches!(e, KvEvent::BlockStored { block_hashes, .. } if block_hashes[0] < 100),
+            )
+            .collect();
+        let mut hashes: Vec<u64> = Vec::new();
+        let mut tokens: Vec<u32> = Vec::new();
+        let mut expected_parent = None;
+        for p in pieces {
+            let KvEvent::BlockStored {
+                block_hashes,
+                parent_block_hash,
+                token_ids,
+                ..
+            } = p
+            else {
+                unreachable!()
+            };
+            assert_eq!(*parent_block_hash, expected_parent);
+            expected_parent = block_hashes.last().copied();
+            hashes.extend(block_hashes);
+            tokens.extend(token_ids);
+        }
+        assert_eq!(hashes, (0..10).collect::<Vec<_>>());
+        let KvEvent::BlockStored { token_ids, .. } = &batch.events[0] else {
+            unreachable!()
+        };
+        assert_eq!(&tokens, token_ids);
+        // Small batches stay whole; an empty one stays one (empty) batch.
+        assert_eq!(batch.chunks(usize::MAX), vec![batch.clone()]);
+        assert_eq!(
+            KvEventBatch::default().chunks(4),
+            vec![KvEventBatch::default()]
+        );
+    }
 }

@@ -8,11 +8,13 @@ mod de;
 mod error;
 mod parse;
 pub mod path;
+pub mod top_level;
 
 use std::borrow::Cow;
 
 pub use error::RequestError;
 pub use parse::parse_request;
+pub use top_level::TopLevel;
 
 /// The inference API a request path belongs to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,6 +102,9 @@ pub struct ParsedRequest<'a> {
     pub cache_salt: Option<Cow<'a, str>>,
     /// `user` field, a fallback session key.
     pub user: Option<Cow<'a, str>>,
+    /// The body's top-level fields, read when some normalization rule may rewrite the body
+    /// ([`crate::Gateway::parse_inference`] fills it); `None` otherwise.
+    pub top_level: Option<TopLevel<'a>>,
 }
 
 impl<'a> ParsedRequest<'a> {

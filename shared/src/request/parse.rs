@@ -244,6 +244,7 @@ impl<'a> Meta<'a> {
             lora: self.lora,
             cache_salt: self.cache_salt.map(|t| t.0),
             user: self.user.map(|t| t.0),
+            top_level: None,
         }
     }
 }
