@@ -54,10 +54,7 @@ impl Workers {
         config: HealthConfig,
         reporter: HealthReporter,
     ) -> anyhow::Result<Arc<Workers>> {
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build()?;
+        let client = crate::engine_http::client(usize::MAX)?;
         Ok(Arc::new(Workers {
             shared,
             config,
@@ -282,8 +279,10 @@ impl Probe {
         match result {
             Ok(resp) => {
                 let ok = resp.status().is_success();
-                // Read the body so the connection goes back to the pool.
-                let _ = resp.bytes().await;
+                // Read the body so the connection goes back to the pool (a longer one is
+                // dropped with its connection).
+                let _ = crate::engine_http::read_capped(resp, crate::engine_http::MAX_HEALTH_BYTES)
+                    .await;
                 ok
             }
             Err(err) => {

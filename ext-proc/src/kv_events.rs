@@ -223,6 +223,9 @@ async fn reconcile(
             if !keep {
                 task.abort();
                 clear(&shared, address);
+                if shared.router().workers().by_address(address).is_none() {
+                    shared.metrics.forget_kv_events(address);
+                }
                 debug!(worker = %address, "kv events subscriber stopped");
             }
             keep

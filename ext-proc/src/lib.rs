@@ -9,6 +9,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod discovery;
+pub mod engine_http;
 pub mod extproc;
 pub mod health;
 pub mod kv_events;

@@ -61,10 +61,21 @@ pub struct Metrics {
 pub struct KvEventLabels {
     /// The worker's `ip:port`.
     pub worker: String,
-    /// `applied`, `undecodable`, or the resync that happened (`gap_cleared`, `replayed`,
-    /// `restarted`).
+    /// One of [`KV_EVENT_OUTCOMES`].
     pub outcome: &'static str,
 }
+
+/// Outcomes of `kvroute_kv_event_batches_total`: `applied`, `undecodable`, the resync that
+/// happened (`gap_cleared`, `replayed`, `restarted`), or a connection cut for an oversized
+/// message (`oversized`).
+pub const KV_EVENT_OUTCOMES: [&str; 6] = [
+    "applied",
+    "undecodable",
+    "gap_cleared",
+    "replayed",
+    "restarted",
+    "oversized",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -194,8 +205,20 @@ impl Metrics {
             .inc();
     }
 
+    /// Drops the KV-event series of a worker that left, so series do not pile up as pods
+    /// come and go.
+    pub fn forget_kv_events(&self, worker: &str) {
+        for outcome in KV_EVENT_OUTCOMES {
+            self.kv_event_batches.remove(&KvEventLabels {
+                worker: worker.to_owned(),
+                outcome,
+            });
+        }
+    }
+
     /// Counts one KV-event batch (or resync) of `worker`.
     pub fn record_kv_events(&self, worker: &str, outcome: &'static str) {
+        debug_assert!(KV_EVENT_OUTCOMES.contains(&outcome), "{outcome}");
         self.kv_event_batches
             .get_or_create(&KvEventLabels {
                 worker: worker.to_owned(),

@@ -143,11 +143,7 @@ pub fn spawn(shared: Arc<Shared>, config: ScrapeConfig) -> anyhow::Result<Option
     if !config.enabled {
         return Ok(None);
     }
-    let client = reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(2)
-        .build()?;
+    let client = crate::engine_http::client(2)?;
     let scraper = Scraper {
         shared,
         config,
@@ -269,8 +265,13 @@ impl Job {
         if !resp.status().is_success() {
             return Err("status");
         }
-        let text = resp.text().await.map_err(classify)?;
-        let m = EngineMetrics::parse(&text);
+        let body = crate::engine_http::read_capped(resp, crate::engine_http::MAX_METRICS_BYTES)
+            .await
+            .map_err(|e| match e {
+                crate::engine_http::ReadError::TooLarge => "too_large",
+                crate::engine_http::ReadError::Failed => "other",
+            })?;
+        let m = EngineMetrics::parse(&String::from_utf8_lossy(&body));
         if m.has_load() { Ok(m) } else { Err("no_load") }
     }
 }

@@ -285,6 +285,21 @@ async fn a_publisher_announcing_a_huge_frame_is_cut_off_and_retried() {
         .find(|l| l.contains("outcome=\"oversized\""))
         .unwrap_or_else(|| panic!("no oversized count in:\n{text}"));
     assert!(oversized.ends_with(" 1"), "{oversized}");
+    // The worker leaves: its series go with it.
+    {
+        let mut router = shared.router();
+        let id = router.workers().by_address("127.0.0.1:1").unwrap().id;
+        router.remove_worker(id);
+    }
+    let start = Instant::now();
+    while shared
+        .metrics
+        .encode(&shared.router())
+        .contains("127.0.0.1:1")
+    {
+        assert!(start.elapsed() < WAIT, "the left worker's series stayed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     subs.stop();
 }
 

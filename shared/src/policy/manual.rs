@@ -78,8 +78,14 @@ struct Assigned {
 #[derive(Debug)]
 pub struct ManualPolicy {
     config: ManualConfig,
-    keys: HashMap<String, Assigned>,
+    /// By the key's 128-bit hash: a remembered key costs the same whatever its length.
+    keys: HashMap<u128, Assigned>,
     last_sweep_ms: u64,
+}
+
+/// The map key of a routing key.
+fn key_hash(key: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(key.as_bytes())
 }
 
 impl ManualPolicy {
@@ -150,6 +156,7 @@ impl ManualPolicy {
         env: &mut PolicyEnv<'_>,
     ) -> WorkerId {
         let is_candidate = |id: &WorkerId| candidates.iter().any(|w| w.id == *id);
+        let key = &key_hash(key);
         if let Some(found) = self
             .keys
             .get(key)
@@ -170,7 +177,7 @@ impl ManualPolicy {
         } else {
             self.make_room();
             self.keys.insert(
-                key.to_owned(),
+                *key,
                 Assigned {
                     workers: vec![chosen],
                     last_used_ms: env.now_ms,
@@ -282,6 +289,22 @@ mod tests {
     }
 
     #[test]
+    fn long_keys_are_stored_as_hashes() {
+        let ws = workers(2);
+        let mut p = ManualPolicy::new(ManualConfig::default());
+        let long = "k".repeat(1 << 20);
+        let first = pick(&mut p, &ws, Some(&long), 0);
+        assert_eq!(
+            pick(&mut p, &ws, Some(&long), 1),
+            first,
+            "the key still sticks"
+        );
+        assert!(p.keys.contains_key(&key_hash(&long)));
+        // What is kept per key is fixed-size: the map's key type holds no text.
+        assert_eq!(std::mem::size_of_val(p.keys.keys().next().unwrap()), 16);
+    }
+
+    #[test]
     fn idle_keys_expire_and_memory_is_bounded() {
         let ws = workers(2);
         let mut p = ManualPolicy::new(ManualConfig {
@@ -295,7 +318,7 @@ mod tests {
             assert!(p.len() <= 16);
         }
         // The most recent key survived the LRU drops; idle ones vanish after max_idle_ms.
-        assert!(p.keys.contains_key("key-99"));
+        assert!(p.keys.contains_key(&key_hash("key-99")));
         pick(&mut p, &ws, None, 5000);
         assert!(p.is_empty(), "{} keys left", p.len());
     }
