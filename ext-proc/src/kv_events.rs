@@ -26,14 +26,15 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::state::Shared;
-use crate::zmtp::{self, Connection, Limits, Role};
 use bytes::Bytes;
 use kvroute_core::kv_events::{KvEventBatch, decode_batch};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
+
+use crate::state::Shared;
+use crate::zmtp::{self, Connection, Limits, Role};
 
 /// Worker label overriding the endpoint template.
 pub const ENDPOINT_LABEL: &str = "kv_events_endpoint";
@@ -43,6 +44,8 @@ pub const REPLAY_LABEL: &str = "kv_events_replay_endpoint";
 const END_SEQ: [u8; 8] = [0xff; 8];
 /// Block hashes applied per router-lock hold.
 pub const APPLY_CHUNK_HASHES: usize = 4096;
+/// A whole replay may carry this many maximal messages.
+const REPLAY_MAX_MESSAGES: u64 = 64;
 /// Bounds of `kv_events.max_message_bytes`.
 const MESSAGE_BYTES_RANGE: std::ops::RangeInclusive<u64> = 1024..=(1 << 30);
 
@@ -267,7 +270,7 @@ fn apply(shared: &Shared, address: &str, batch: &KvEventBatch) {
         let Some(id) = router.workers().by_address(address).map(|w| w.id) else {
             return;
         };
-        router.apply_kv_events(id, &chunk);
+        router.apply_kv_events(id, chunk.as_ref());
     }
 }
 
@@ -438,12 +441,11 @@ pub async fn replay(
             .ok()?;
         dealer.send(&[&[], &from.to_be_bytes()]).await.ok()?;
         let mut out = Vec::new();
-        // The replay as a whole is bounded like one message.
         let mut total = 0u64;
         loop {
             let frames = dealer.recv().await.ok()?;
             total += frames.iter().map(|f| f.len() as u64).sum::<u64>();
-            if total > limits.max_message_bytes.saturating_mul(64) {
+            if total > limits.max_message_bytes.saturating_mul(REPLAY_MAX_MESSAGES) {
                 return None;
             }
             let (seq, payload) = match frames.as_slice() {

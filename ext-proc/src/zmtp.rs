@@ -23,8 +23,6 @@ const MAX_COMMAND: u64 = 4096;
 /// Size bounds for what a peer may send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Largest frame, in bytes.
-    pub max_frame_bytes: u64,
     /// Largest message (all frames of one multipart message), in bytes.
     pub max_message_bytes: u64,
     /// Most frames in one message.
@@ -32,10 +30,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Limits with one byte bound for both frames and messages.
+    /// Messages of at most `max_message_bytes` in at most 16 frames.
     pub fn with_max_message(max_message_bytes: u64) -> Limits {
         Limits {
-            max_frame_bytes: max_message_bytes,
             max_message_bytes,
             max_frames: 16,
         }
@@ -148,7 +145,7 @@ impl Connection {
         self.stream.read_exact(&mut peer).await?;
         check_greeting(&peer)?;
         self.send_command(&ready(role)).await?;
-        let (flags, body) = self.read_frame(MAX_COMMAND, true).await?;
+        let (flags, body) = self.read_frame(MAX_COMMAND, "a handshake frame").await?;
         if flags & FLAG_COMMAND == 0 {
             return Err(ZmtpError::Protocol("expected READY".into()));
         }
@@ -208,29 +205,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Reads one frame header and body; `limit` bounds the body before it is allocated.
-    async fn read_frame(&mut self, limit: u64, command: bool) -> Result<(u8, Vec<u8>), ZmtpError> {
+    /// Reads one frame header and body; the body is bounded before it is allocated, by
+    /// `limit` (named `what` in the error) or, for a command, by [`MAX_COMMAND`].
+    async fn read_frame(
+        &mut self,
+        limit: u64,
+        what: &'static str,
+    ) -> Result<(u8, Vec<u8>), ZmtpError> {
         let flags = self.stream.read_u8().await?;
         let size = if flags & FLAG_LONG != 0 {
             self.stream.read_u64().await?
         } else {
             u64::from(self.stream.read_u8().await?)
         };
-        let limit = if flags & FLAG_COMMAND != 0 || command {
-            limit.min(MAX_COMMAND)
+        let (limit, what) = if flags & FLAG_COMMAND != 0 {
+            (limit.min(MAX_COMMAND), "a command")
         } else {
-            limit
+            (limit, what)
         };
         if size > limit {
-            return Err(ZmtpError::TooLarge {
-                what: if flags & FLAG_COMMAND != 0 {
-                    "a command"
-                } else {
-                    "a frame"
-                },
-                size,
-                limit,
-            });
+            return Err(ZmtpError::TooLarge { what, size, limit });
         }
         let mut body = vec![0u8; size as usize];
         self.stream.read_exact(&mut body).await?;
@@ -242,23 +236,14 @@ impl Connection {
         let mut frames: Vec<Bytes> = Vec::new();
         let mut total = 0u64;
         loop {
+            // The first frame is bounded as a frame, later ones by what the message has left.
+            let what = if frames.is_empty() {
+                "a frame"
+            } else {
+                "a message"
+            };
             let remaining = self.limits.max_message_bytes - total;
-            let frame_limit = self.limits.max_frame_bytes.min(remaining);
-            let (flags, body) = self.read_frame(frame_limit, false).await.map_err(|e| {
-                match e {
-                    // Name the message bound when it is the one that was hit.
-                    ZmtpError::TooLarge { what, size, .. }
-                        if what == "a frame" && frame_limit < self.limits.max_frame_bytes =>
-                    {
-                        ZmtpError::TooLarge {
-                            what: "a message",
-                            size: total + size,
-                            limit: self.limits.max_message_bytes,
-                        }
-                    }
-                    e => e,
-                }
-            })?;
+            let (flags, body) = self.read_frame(remaining, what).await?;
             if flags & FLAG_COMMAND != 0 {
                 if !frames.is_empty() {
                     return Err(ZmtpError::Protocol("command inside a message".into()));

@@ -6,6 +6,8 @@
 //! hashes from token ids as vLLM ([`hasher`]), and an index of which worker holds which block
 //! ([`index`]). The transport (ZMQ sockets, sequence numbers, replay) belongs to the shells.
 
+use std::borrow::Cow;
+
 pub mod hasher;
 pub mod index;
 pub mod wire;
@@ -86,26 +88,33 @@ impl KvEventBatch {
 
     /// The same events, in order, as batches naming at most `max_hashes` block hashes each
     /// (at least one), so a shell can apply a huge batch without holding the router for
-    /// its whole length. A `BlockStored` event is cut between blocks: each later part
-    /// names the previous part's last block as its parent and carries its own tokens.
-    pub fn chunks(&self, max_hashes: usize) -> Vec<KvEventBatch> {
+    /// its whole length. A batch within the bound is borrowed, not copied. A `BlockStored`
+    /// event is cut between blocks: each later part names the previous part's last block as
+    /// its parent and carries its own tokens.
+    pub fn chunks(&self, max_hashes: usize) -> Vec<Cow<'_, KvEventBatch>> {
         let max = max_hashes.max(1);
-        let mut out: Vec<KvEventBatch> = Vec::new();
+        if self.weight() <= max {
+            return vec![Cow::Borrowed(self)];
+        }
+        let mut out: Vec<Cow<'_, KvEventBatch>> = Vec::new();
         let mut current = self.part(Vec::new());
         let mut room = max;
         for event in &self.events {
             for piece in event.split(max) {
                 let w = piece.weight();
                 if w > room && !current.events.is_empty() {
-                    out.push(std::mem::replace(&mut current, self.part(Vec::new())));
+                    out.push(Cow::Owned(std::mem::replace(
+                        &mut current,
+                        self.part(Vec::new()),
+                    )));
                     room = max;
                 }
                 room = room.saturating_sub(w);
                 current.events.push(piece);
             }
         }
-        if !current.events.is_empty() || out.is_empty() {
-            out.push(current);
+        if !current.events.is_empty() {
+            out.push(Cow::Owned(current));
         }
         out
     }
@@ -217,7 +226,7 @@ mod tests {
                 .all(|c| c.weight() <= 4 && c.ts == 5.0 && c.dp_rank == Some(1))
         );
         assert_eq!(
-            chunks.iter().map(KvEventBatch::weight).sum::<usize>(),
+            chunks.iter().map(|c| c.weight()).sum::<usize>(),
             batch.weight()
         );
         // The stored event's pieces, rejoined, are the original event.
@@ -252,10 +261,13 @@ mod tests {
         };
         assert_eq!(&tokens, token_ids);
         // Small batches stay whole; an empty one stays one (empty) batch.
-        assert_eq!(batch.chunks(usize::MAX), vec![batch.clone()]);
-        assert_eq!(
-            KvEventBatch::default().chunks(4),
-            vec![KvEventBatch::default()]
+        let whole = batch.chunks(usize::MAX);
+        assert_eq!(whole, vec![Cow::Borrowed(&batch)]);
+        assert!(
+            matches!(whole[0], Cow::Borrowed(_)),
+            "a small batch is not copied"
         );
+        let empty = KvEventBatch::default();
+        assert_eq!(empty.chunks(4), vec![Cow::Borrowed(&empty)]);
     }
 }
